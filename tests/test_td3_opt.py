@@ -1,0 +1,291 @@
+"""OPTLoss against hand computations, TorchRL's TD3Loss, and compilation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _helpers import ACT_DIM, OBS_DIM, action_spec, transition_batch, zero_grads
+from torch import nn
+from torchrl.objectives import SoftUpdate, TD3Loss
+
+from torchrl_opt.models import make_qvalue_ensemble, make_td3_actor
+from torchrl_opt.objectives.td3_opt import OPTLoss
+
+GAMMA = 0.99
+
+
+def _nets(hidden=(16,)):
+    spec = action_spec()
+    actor = make_td3_actor(OBS_DIM, spec, hidden)
+    q_off = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, hidden)
+    q_on = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, hidden)
+    return spec, actor, q_off, q_on
+
+
+def _perturb_targets(loss: OPTLoss) -> None:
+    """Make target parameters differ from the live ones so tests can tell them apart."""
+    with torch.no_grad():
+        for name in loss.__dict__["_modules"]:
+            if name.startswith("target_"):
+                for p in getattr(loss, name).values(True, True):
+                    p.add_(0.05 * torch.randn_like(p))
+
+
+def _q(module: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    return module.module(obs, act).squeeze(-1)
+
+
+def _reference_target(loss, q_off_modules, q_on_modules, batch, noise):
+    """Eq. 2 by hand, with plain modules loaded from the loss's target parameters."""
+    target_actor = copy.deepcopy(loss.actor_network)
+    loss.target_actor_network_params.to_module(target_actor)
+    next_obs = batch["next", "observation"]
+    next_action = (target_actor.module(next_obs) + noise).clamp(-1.0, 1.0)
+    out = {}
+    for name, modules in (("off", q_off_modules), ("on", q_on_modules)):
+        targets = getattr(loss, f"target_qvalue_{name}_network_params")
+        qs = []
+        for i, module in enumerate(modules):
+            m = copy.deepcopy(module)
+            targets[i].to_module(m)
+            qs.append(_q(m, next_obs, next_action))
+        next_q = torch.minimum(qs[0], qs[1])
+        not_term = (~batch["next", "terminated"]).float().squeeze(-1)
+        out[name] = batch["next", "reward"].squeeze(-1) + GAMMA * not_term * next_q
+    return out
+
+
+def test_kappa_zero_without_q_on_equals_torchrl_td3():
+    spec, actor, q_off, _ = _nets()
+    batch = transition_batch(16)
+    ref = TD3Loss(copy.deepcopy(actor), copy.deepcopy(q_off), action_spec=spec, loss_function="l2")
+    ours = OPTLoss(copy.deepcopy(actor), copy.deepcopy(q_off), action_spec=spec)
+    torch.manual_seed(7)
+    out_ref = ref(batch.clone())
+    torch.manual_seed(7)
+    out = ours(batch.clone())
+    torch.testing.assert_close(out["loss_actor"], out_ref["loss_actor"])
+    torch.testing.assert_close(out["loss_qvalue_off"], out_ref["loss_qvalue"])
+    (out_ref["loss_actor"] + out_ref["loss_qvalue"]).backward()
+    (out["loss_actor"] + out["loss_qvalue_off"]).backward()
+    for a, b in zip(
+        ref.actor_network_params.values(True, True), ours.actor_network_params.values(True, True)
+    ):
+        torch.testing.assert_close(a.grad, b.grad)
+    for a, b in zip(
+        ref.qvalue_network_params.values(True, True),
+        ours.qvalue_off_network_params.values(True, True),
+    ):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_critic_losses_match_hand_computation_with_smoothing_clip():
+    spec, actor, q_off, q_on = _nets()
+    loss = OPTLoss(actor, q_off, q_on, action_spec=spec, policy_noise=0.6, noise_clip=0.3)
+    _perturb_targets(loss)
+    batch = transition_batch(32)
+    torch.manual_seed(11)
+    out = loss.qvalue_losses(batch.clone())
+    torch.manual_seed(11)
+    noise = (torch.randn(32, ACT_DIM) * 0.6).clamp(-0.3, 0.3)
+    assert (noise.abs() == 0.3).any(), "the test must exercise the noise clip"
+    targets = _reference_target(loss, q_off, q_on, batch, noise)
+    for name, modules in (("off", q_off), ("on", q_on)):
+        params = getattr(loss, f"qvalue_{name}_network_params")
+        expected = 0.0
+        for i, module in enumerate(modules):
+            m = copy.deepcopy(module)
+            params[i].to_module(m)
+            q = _q(m, batch["observation"], batch["action"])
+            expected = expected + ((q - targets[name]) ** 2).mean()
+        torch.testing.assert_close(out[f"loss_qvalue_{name}"], expected)
+        torch.testing.assert_close(out[f"target_value_{name}"], targets[name].mean())
+
+
+def test_smoothed_action_is_clamped_to_bounds():
+    spec = action_spec(-0.5, 0.5)
+    actor = make_td3_actor(OBS_DIM, spec, (8,))
+    q = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, (8,))
+    loss = OPTLoss(actor, q, action_spec=spec, policy_noise=10.0, noise_clip=10.0)
+    next_td = loss.smoothed_next_action(transition_batch(64))
+    assert next_td["action"].min() >= -0.5 and next_td["action"].max() <= 0.5
+    assert (next_td["action"].abs() == 0.5).any()
+
+
+@pytest.mark.parametrize("kappa", [0.0, 0.3, 0.75, 1.0])
+def test_actor_loss_is_eq4_mix(kappa):
+    spec, actor, q_off, q_on = _nets()
+    loss = OPTLoss(actor, q_off, q_on, action_spec=spec, kappa=kappa)
+    batch = transition_batch(16)
+    value, metadata = loss.actor_loss(batch)
+    act = actor.module(batch["observation"])
+    q_off_1 = _q(q_off[0], batch["observation"], act)
+    q_on_1 = _q(q_on[0], batch["observation"], act)
+    expected = -((1 - kappa) * q_off_1 + kappa * q_on_1).mean()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(metadata["state_action_value_on"], q_on_1.mean())
+
+
+def test_kappa_buffer_written_in_place_changes_the_loss():
+    spec, actor, q_off, q_on = _nets()
+    loss = OPTLoss(actor, q_off, q_on, action_spec=spec, kappa=0.0)
+    batch = transition_batch(8)
+    kappa = loss.kappa
+    at_zero = loss.actor_loss(batch)[0]
+    kappa.fill_(1.0)
+    at_one = loss.actor_loss(batch)[0]
+    act = actor.module(batch["observation"])
+    torch.testing.assert_close(at_zero, -_q(q_off[0], batch["observation"], act).mean())
+    torch.testing.assert_close(at_one, -_q(q_on[0], batch["observation"], act).mean())
+
+
+def test_td3_bc_actor_loss():
+    spec, actor, q_off, _ = _nets()
+    loss = OPTLoss(actor, q_off, action_spec=spec, bc_alpha=2.5)
+    batch = transition_batch(16)
+    value, metadata = loss.actor_loss(batch)
+    pi = actor.module(batch["observation"])
+    q = _q(q_off[0], batch["observation"], pi)
+    lmbda = 2.5 / q.abs().mean().detach()
+    expected = -lmbda * q.mean() + F.mse_loss(pi, batch["action"])
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(metadata["bc_loss"], F.mse_loss(pi, batch["action"]))
+
+
+class _SquaredActionPenalty(nn.Module):
+    def __init__(self, weight: float):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, td):
+        return self.weight * td["action"].pow(2).sum(-1)
+
+
+def test_actor_penalty_and_q_normalisation():
+    spec, actor, q_off, q_on = _nets()
+    loss = OPTLoss(
+        actor,
+        q_off,
+        q_on,
+        action_spec=spec,
+        kappa=0.4,
+        normalize_q=True,
+        actor_penalty=_SquaredActionPenalty(0.7),
+    )
+    batch = transition_batch(16)
+    value, metadata = loss.actor_loss(batch)
+    pi = actor.module(batch["observation"])
+    q_mix = 0.6 * _q(q_off[0], batch["observation"], pi) + 0.4 * _q(
+        q_on[0], batch["observation"], pi
+    )
+    penalty = 0.7 * pi.pow(2).sum(-1)
+    expected = (-q_mix / q_mix.abs().mean().detach() + penalty).mean()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(metadata["actor_penalty"], penalty.mean())
+
+
+def test_gradients_reach_only_the_intended_parameters():
+    spec, actor, q_off, q_on = _nets()
+    loss = OPTLoss(actor, q_off, q_on, action_spec=spec, kappa=0.5)
+    batch = transition_batch(8)
+
+    def has_grad(name):
+        return [
+            p.grad is not None
+            for p in getattr(loss, name).values(True, True)
+            if isinstance(p, nn.Parameter) or name.startswith("target_")
+        ]
+
+    for name in loss.__dict__["_modules"]:
+        if name.startswith("target_"):
+            assert not any(p.requires_grad for p in getattr(loss, name).values(True, True))
+
+    loss.actor_loss(batch)[0].backward()
+    assert all(has_grad("actor_network_params"))
+    for name in (
+        "qvalue_off_network_params",
+        "qvalue_on_network_params",
+        "target_actor_network_params",
+        "target_qvalue_off_network_params",
+        "target_qvalue_on_network_params",
+    ):
+        assert not any(has_grad(name)), name
+
+    zero_grads(loss)
+    out = loss.qvalue_losses(batch)
+    out["loss_qvalue_on"].backward()
+    assert all(has_grad("qvalue_on_network_params"))
+    assert not any(has_grad("qvalue_off_network_params"))
+    assert not any(has_grad("actor_network_params"))
+    assert not any(has_grad("target_qvalue_on_network_params"))
+
+
+def test_soft_update_finds_every_target():
+    spec, actor, q_off, q_on = _nets()
+    loss = OPTLoss(actor, q_off, q_on, action_spec=spec)
+    updater = SoftUpdate(loss, tau=0.5)
+    with torch.no_grad():
+        for p in loss.qvalue_on_network_params.values(True, True):
+            p.add_(1.0)
+    before = loss.target_qvalue_on_network_params.clone()
+    updater.step()
+    after = loss.target_qvalue_on_network_params
+    live = loss.qvalue_on_network_params
+    for b, a, l in zip(
+        before.values(True, True), after.values(True, True), live.values(True, True)
+    ):
+        torch.testing.assert_close(a, 0.5 * b + 0.5 * l)
+
+
+def test_bad_arguments_raise():
+    spec, actor, q_off, q_on = _nets()
+    with pytest.raises(ValueError, match="qvalue_on_network is None"):
+        OPTLoss(actor, q_off, action_spec=spec, kappa=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        OPTLoss(actor, q_off, q_on, action_spec=spec, kappa=1.5)
+    with pytest.raises(ValueError, match="Exactly one"):
+        OPTLoss(actor, q_off, q_on)
+    with pytest.raises(ValueError, match="num_qvalue_nets"):
+        OPTLoss(actor, q_off[:1], q_on, action_spec=spec)
+    loss = OPTLoss(actor, q_off, action_spec=spec)
+    with pytest.raises(RuntimeError, match="without qvalue_on_network"):
+        loss.qvalue_on_loss(transition_batch(4))
+
+
+@pytest.mark.compile
+def test_compiled_forward_backward_matches_eager_and_sees_new_kappa():
+    spec, actor, q_off, q_on = _nets()
+    eager = OPTLoss(copy.deepcopy(actor), copy.deepcopy(q_off), copy.deepcopy(q_on), action_spec=spec)
+    compiled_loss = OPTLoss(actor, q_off, q_on, action_spec=spec)
+    batch = transition_batch(16)
+
+    def total(loss, td):
+        out = loss(td)
+        return out["loss_actor"] + out["loss_qvalue_off"] + out["loss_qvalue_on"]
+
+    compiled = torch.compile(total, fullgraph=True)
+    # Inductor draws its own random numbers unless told to fall back to eager's RNG.
+    fallback_random = torch._inductor.config.patch(fallback_random=True)
+    fallback_random.__enter__()
+    for kappa in (0.1, 0.9):
+        eager.kappa.fill_(kappa)
+        compiled_loss.kappa.fill_(kappa)
+        zero_grads(eager)
+        zero_grads(compiled_loss)
+        torch.manual_seed(5)
+        v_eager = total(eager, batch.clone())
+        torch.manual_seed(5)
+        with torch._dynamo.config.patch(error_on_recompile=kappa != 0.1):
+            v_comp = compiled(compiled_loss, batch.clone())
+        torch.testing.assert_close(v_comp, v_eager)
+        v_eager.backward()
+        v_comp.backward()
+        for a, b in zip(eager.parameters(), compiled_loss.parameters()):
+            if a.grad is None:
+                assert b.grad is None
+            else:
+                torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
+    fallback_random.__exit__(None, None, None)

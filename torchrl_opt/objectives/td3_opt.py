@@ -1,0 +1,498 @@
+"""OPTLoss: the dual-critic TD3 loss of OPT's fine-tuning phase (Shin, Kim et al., ICML 2025).
+
+Two twin critics are trained side by side on the same batch, each with its own target parameters:
+``Q_off`` (from offline pre-training) and ``Q_on`` (from online pre-training). Both regress onto
+their own TD3 target (Eq. 2)::
+
+    y_c = r + gamma * (1 - terminated) * min_i Qbar_c,i(s', clip(pibar(s') + eps, low, high)),
+    eps = clip(N(0, sigma^2), -c, c),               c in {off, on}
+
+with the *shared* target actor ``pibar`` and one noise draw per batch. The actor maximises the
+kappa-weighted first critic of each twin (Eq. 4)::
+
+    L_pi = E_s[ -((1 - kappa) * Q_off,1(s, pi(s)) + kappa * Q_on,1(s, pi(s))) ]
+
+``kappa`` is a float32 tensor buffer; :class:`~torchrl_opt.schedules.KappaSchedule` writes into it in
+place, so a compiled or CUDA-graphed step sees new values without recompiling.
+
+Options for the paper's backbones and ablations:
+
+* ``bc_alpha`` (TD3+BC, Fujimoto & Gu 2021): the actor loss becomes
+  ``-alpha / mean|Q_mix| * Q_mix + mean_a (pi(s) - a)^2`` (``mean|Q_mix|`` detached), used for offline
+  pre-training and by users who keep BC online.
+* ``normalize_q`` (SPOT): the Q term is divided by ``mean|Q_mix|`` (detached).
+* ``actor_penalty``: a module ``penalty(td) -> Tensor[batch]`` added to the per-sample actor loss;
+  ``td`` holds ``observation`` and the actor's ``action`` (SPOT's ``lambda * negELBO(s, pi(s))``).
+* ``qvalue_on_network=None`` with ``kappa=0``: plain TD3 (or TD3+BC) on ``Q_off``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase, TensorDictParams, is_tensor_collection
+from tensordict.nn import TensorDictModule, dispatch
+from tensordict.utils import NestedKey
+from torch import nn
+from torchrl.data.tensor_specs import Bounded, Composite, TensorSpec
+from torchrl.envs.utils import step_mdp
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.utils import (
+    ValueEstimators,
+    _vmap_func,
+    dispatch_value_estimator,
+    distance_loss,
+)
+
+__all__ = ["OPTLoss"]
+
+_CRITICS = ("off", "on")
+
+
+class OPTLoss(LossModule):
+    """Dual-critic TD3 loss of OPT (Eq. 2 for each critic, Eq. 4 for the actor).
+
+    Args:
+        actor_network: deterministic actor (``observation -> action``).
+        qvalue_off_network: the offline critic ``Q_off``: one module (duplicated ``num_qvalue_nets``
+            times, TorchRL style) or a list of independently initialised modules.
+        qvalue_on_network: the online critic ``Q_on`` in the same form, or ``None`` for plain TD3.
+
+    Keyword Args:
+        action_spec: bounded action spec (exclusive with ``bounds``).
+        bounds: ``(low, high)`` of the action space (exclusive with ``action_spec``).
+        num_qvalue_nets: critics per twin. Default 2.
+        kappa: initial weight of ``Q_on`` in the actor loss, in [0, 1]. Must be 0 without ``Q_on``.
+        policy_noise: std of the target policy smoothing noise. Default 0.2.
+        noise_clip: clip of that noise. Default 0.5.
+        loss_function: ``"l2"`` (default, TD3's MSE), ``"smooth_l1"`` or ``"l1"``.
+        bc_alpha: TD3+BC's alpha; ``None`` (default) disables the BC term.
+        normalize_q: divide the actor's Q term by ``mean|Q_mix|`` (detached). Implied by ``bc_alpha``.
+        actor_penalty: optional module ``td -> Tensor[batch]`` added to the actor loss.
+        delay_actor: keep target actor parameters. Default True.
+        delay_qvalue: keep target critic parameters. Default True.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        deactivate_vmap: evaluate twins in a Python loop instead of ``vmap``.
+
+    The input tensordict uses TorchRL's transition layout: ``observation``, ``action``,
+    ``next/{observation, reward, done, terminated}``. ``forward`` returns ``loss_actor``,
+    ``loss_qvalue_off``, ``loss_qvalue_on`` (when ``Q_on`` exists) and detached diagnostics: ``kappa``,
+    the batch means of each critic's prediction (``pred_value_*``), of its target
+    (``target_value_*``), of the first critic at the actor's action (``state_action_value_*``), and of the
+    BC term and penalty when enabled.
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Configurable tensordict keys (``set_keys``), as in :class:`~torchrl.objectives.TD3Loss`.
+
+        Attributes:
+            action: the action key. Defaults to ``"action"``.
+            state_action_value: the critics' output key. Defaults to ``"state_action_value"``.
+            priority: unused by OPT (balanced replay sets priorities from the density ratio); kept
+                for TorchRL compatibility. Defaults to ``"td_error"``.
+            reward, done, terminated: keys read under ``"next"``.
+            priority_weight: importance weights from a prioritised buffer.
+        """
+
+        action: NestedKey = "action"
+        state_action_value: NestedKey = "state_action_value"
+        priority: NestedKey = "td_error"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        priority_weight: NestedKey = "priority_weight"
+
+    tensor_keys: _AcceptedKeys
+    default_keys = _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+    )
+
+    actor_network: TensorDictModule
+    qvalue_off_network: TensorDictModule
+    qvalue_on_network: TensorDictModule
+    actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
+    qvalue_off_network_params: TensorDictParams
+    target_qvalue_off_network_params: TensorDictParams
+    qvalue_on_network_params: TensorDictParams
+    target_qvalue_on_network_params: TensorDictParams
+
+    #: names of the parameter groups that online pre-training trains (see MetaAdaptationLoss).
+    online_param_names: tuple[str, ...] = ("qvalue_on_network_params",)
+
+    def __init__(
+        self,
+        actor_network: TensorDictModule,
+        qvalue_off_network: TensorDictModule | list[TensorDictModule],
+        qvalue_on_network: TensorDictModule | list[TensorDictModule] | None = None,
+        *,
+        action_spec: TensorSpec | None = None,
+        bounds: tuple[float, float] | None = None,
+        num_qvalue_nets: int = 2,
+        kappa: float = 0.0,
+        policy_noise: float = 0.2,
+        noise_clip: float = 0.5,
+        loss_function: str = "l2",
+        bc_alpha: float | None = None,
+        normalize_q: bool = False,
+        actor_penalty: nn.Module | None = None,
+        delay_actor: bool = True,
+        delay_qvalue: bool = True,
+        reduction: str = "mean",
+        deactivate_vmap: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= float(kappa) <= 1.0:
+            raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+        if qvalue_on_network is None and float(kappa) != 0.0:
+            raise ValueError(
+                f"kappa={kappa} weights a Q_on critic, but qvalue_on_network is None; "
+                "pass the online critic or use kappa=0 (plain TD3 on Q_off)."
+            )
+        if bc_alpha is not None and bc_alpha <= 0:
+            raise ValueError(f"bc_alpha must be positive (or None), got {bc_alpha}")
+        if loss_function not in ("l2", "l1", "smooth_l1"):
+            raise ValueError(
+                f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}"
+            )
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self._in_keys = None
+        self.delay_actor = delay_actor
+        self.delay_qvalue = delay_qvalue
+        self.deactivate_vmap = deactivate_vmap
+        self.num_qvalue_nets = num_qvalue_nets
+        self.has_qvalue_on = qvalue_on_network is not None
+        self.policy_noise = policy_noise
+        self.noise_clip = noise_clip
+        self.loss_function = loss_function
+        self.bc_alpha = bc_alpha
+        self.normalize_q = normalize_q or bc_alpha is not None
+        self.actor_penalty = actor_penalty
+        self.reduction = reduction
+
+        self.convert_to_functional(
+            actor_network, "actor_network", create_target_params=delay_actor
+        )
+        self._convert_critic(qvalue_off_network, "qvalue_off_network")
+        if self.has_qvalue_on:
+            self._convert_critic(qvalue_on_network, "qvalue_on_network")
+
+        device = next(iter(self.parameters())).device
+        low, high = _action_bounds(action_spec, bounds, self.tensor_keys.action)
+        self.register_buffer("min_action", low.to(device))
+        self.register_buffer("max_action", high.to(device))
+        self.register_buffer("kappa", torch.tensor(float(kappa), device=device))
+        self._make_vmap()
+        # Resolve lazily-built state now, so the first compiled call does not guard on it.
+        self._set_in_keys()
+        self.make_value_estimator(self.default_value_estimator)
+
+    def _convert_critic(self, network, name: str) -> None:
+        if isinstance(network, (list, tuple)):
+            if len(network) != self.num_qvalue_nets:
+                raise ValueError(
+                    f"{name} has {len(network)} modules but num_qvalue_nets={self.num_qvalue_nets}"
+                )
+            network = list(network)
+        self.convert_to_functional(
+            network, name, self.num_qvalue_nets, create_target_params=self.delay_qvalue
+        )
+
+    def _make_vmap(self) -> None:
+        self._vmap_qvalue = {}
+        for critic in _CRITICS:
+            if critic == "on" and not self.has_qvalue_on:
+                continue
+            self._vmap_qvalue[critic] = _vmap_func(
+                getattr(self, f"qvalue_{critic}_network"),
+                randomness=self.vmap_randomness,
+                pseudo_vmap=self.deactivate_vmap,
+            )
+
+    @property
+    def critics(self) -> tuple[str, ...]:
+        """The critics this loss trains: ``("off",)`` or ``("off", "on")``."""
+        return _CRITICS if self.has_qvalue_on else ("off",)
+
+    # ------------------------------------------------------------------ keys
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                value=self.tensor_keys.state_action_value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._set_in_keys()
+
+    def _set_in_keys(self) -> None:
+        keys = [
+            self.tensor_keys.action,
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+            *self.actor_network.in_keys,
+            *[("next", key) for key in self.actor_network.in_keys],
+            *self.qvalue_off_network.in_keys,
+        ]
+        self._in_keys = list(dict.fromkeys(keys))
+
+    @property
+    def in_keys(self):
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    @in_keys.setter
+    def in_keys(self, values):
+        self._in_keys = values
+
+    @property
+    def out_keys(self) -> list[str]:
+        keys = ["loss_actor", *[f"loss_qvalue_{c}" for c in self.critics], "kappa"]
+        for critic in self.critics:
+            keys += [
+                f"state_action_value_{critic}",
+                f"pred_value_{critic}",
+                f"target_value_{critic}",
+            ]
+        if self.bc_alpha is not None:
+            keys.append("bc_loss")
+        if self.actor_penalty is not None:
+            keys.append("actor_penalty")
+        return keys
+
+    # ------------------------------------------------------------------ pieces
+    def _critic_values(
+        self, critic: str, tensordict: TensorDictBase, params: TensorDictBase
+    ) -> torch.Tensor:
+        """``Q_c,i(s, a)`` for every member ``i`` of twin ``c``: shape ``[num_qvalue_nets, *batch]``."""
+        td = tensordict.select(
+            *getattr(self, f"qvalue_{critic}_network").in_keys, strict=False
+        ).expand(self.num_qvalue_nets, *tensordict.batch_size)
+        out = self._vmap_qvalue[critic](td, params)
+        return out.get(self.tensor_keys.state_action_value).squeeze(-1)
+
+    def _actor_action(self, tensordict: TensorDictBase, params: TensorDictBase) -> TensorDictBase:
+        td = tensordict.select(*self.actor_network.in_keys, strict=False)
+        with params.to_module(self.actor_network, preserve_module_state=False):
+            return self.actor_network(td)
+
+    @torch.no_grad()
+    def smoothed_next_action(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """``s'`` with the TD3 target action ``clip(pibar(s') + clip(N(0, sigma^2), -c, c), low, high)``.
+
+        One noise draw serves every critic of the batch (the shared target actor of Eq. 2).
+        """
+        action = tensordict.get(self.tensor_keys.action)
+        noise = (torch.randn_like(action) * self.policy_noise).clamp(
+            -self.noise_clip, self.noise_clip
+        )
+        next_td = self._actor_action(step_mdp(tensordict), self.target_actor_network_params)
+        next_action = (next_td.get(self.tensor_keys.action) + noise).clamp(
+            self.min_action, self.max_action
+        )
+        next_td.set(self.tensor_keys.action, next_action)
+        return next_td
+
+    def _critic_loss(
+        self,
+        critic: str,
+        tensordict: TensorDictBase,
+        next_td: TensorDictBase,
+        params: TensorDictBase | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """TD loss of one twin (Eq. 2): ``sum_i d(Q_c,i(s,a), y_c)``, reduced over the batch."""
+        if params is None:
+            params = getattr(self, f"qvalue_{critic}_network_params")
+        weights = self._maybe_get_priority_weight(tensordict)
+        with torch.no_grad():
+            next_q = self._critic_values(
+                critic, next_td, getattr(self, f"target_qvalue_{critic}_network_params")
+            ).min(0)[0]
+            target_td = tensordict.select(
+                "next", self.tensor_keys.action, *self.actor_network.in_keys, strict=False
+            ).clone(False)
+            target_td.set(("next", self.tensor_keys.state_action_value), next_q.unsqueeze(-1))
+            target_value = self.value_estimator.value_estimate(target_td).squeeze(-1)
+        current_q = self._critic_values(critic, tensordict, params)
+        loss = distance_loss(
+            current_q, target_value.expand_as(current_q), loss_function=self.loss_function
+        ).sum(0)
+        loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
+        metadata = {
+            f"pred_value_{critic}": current_q.detach().mean(),
+            f"target_value_{critic}": target_value.mean(),
+        }
+        return loss, metadata
+
+    # ------------------------------------------------------------------ losses
+    def actor_loss(
+        self, tensordict: TensorDictBase
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Eq. 4 (with the optional BC term, Q normalisation and penalty)."""
+        weights = self._maybe_get_priority_weight(tensordict)
+        actor_td = self._actor_action(tensordict, self.actor_network_params)
+        q_first = {
+            critic: self._critic_values(
+                critic, actor_td, getattr(self, f"qvalue_{critic}_network_params").detach()
+            )[0]
+            for critic in self.critics
+        }
+        q_mix = q_first["off"]
+        if self.has_qvalue_on:
+            q_mix = (1 - self.kappa) * q_first["off"] + self.kappa * q_first["on"]
+        metadata = {
+            f"state_action_value_{critic}": q.detach().mean() for critic, q in q_first.items()
+        }
+        q_term = q_mix
+        if self.normalize_q:
+            q_term = q_term / q_mix.abs().mean().detach()
+        if self.bc_alpha is not None:
+            q_term = self.bc_alpha * q_term
+        loss = -q_term
+        if self.bc_alpha is not None:
+            bc = (
+                (actor_td.get(self.tensor_keys.action) - tensordict.get(self.tensor_keys.action))
+                .pow(2)
+                .mean(-1)
+            )
+            loss = loss + bc
+            metadata["bc_loss"] = bc.detach().mean()
+        if self.actor_penalty is not None:
+            penalty = self.actor_penalty(actor_td)
+            loss = loss + penalty
+            metadata["actor_penalty"] = penalty.detach().mean()
+        loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
+        return loss, metadata
+
+    def qvalue_off_loss(
+        self, tensordict: TensorDictBase
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """TD loss of ``Q_off`` (Eq. 2)."""
+        return self._critic_loss("off", tensordict, self.smoothed_next_action(tensordict))
+
+    def qvalue_on_loss(
+        self, tensordict: TensorDictBase, params: TensorDictBase | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """TD loss of ``Q_on`` (Eq. 2), optionally at other parameters ``params`` (functional use)."""
+        self._require_qvalue_on()
+        return self._critic_loss("on", tensordict, self.smoothed_next_action(tensordict), params)
+
+    def qvalue_losses(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Both critics' TD losses with one shared smoothed next action: the critic step of OPT."""
+        next_td = self.smoothed_next_action(tensordict)
+        out = {}
+        for critic in self.critics:
+            loss, metadata = self._critic_loss(critic, tensordict, next_td)
+            out[f"loss_qvalue_{critic}"] = loss
+            out.update(metadata)
+        return TensorDict(out, batch_size=[])
+
+    def online_pretrain_loss(
+        self, tensordict: TensorDictBase, params: TensorDictBase | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss online pre-training minimises for the online critics: ``Q_on``'s TD loss.
+
+        ``params``, when given, is a TensorDict keyed by :attr:`online_param_names`; the loss is then
+        evaluated at those parameters (the meta-adaptation inner step needs this).
+        """
+        on_params = None if params is None else params["qvalue_on_network_params"]
+        return self.qvalue_on_loss(tensordict, on_params)
+
+    def online_params(self) -> TensorDictBase:
+        """The live parameters that online pre-training trains, keyed by :attr:`online_param_names`.
+
+        A plain TensorDict whose leaves are the loss's own ``nn.Parameter`` objects (not copies), so
+        ``torch.func`` transforms can take it as a pytree and gradients land on the live parameters.
+        """
+        self._require_qvalue_on()
+        return TensorDict(
+            {name: plain_params(getattr(self, name)) for name in self.online_param_names},
+            batch_size=[],
+        )
+
+    def _require_qvalue_on(self) -> None:
+        if not self.has_qvalue_on:
+            raise RuntimeError(
+                "This OPTLoss was built without qvalue_on_network; Q_on losses are undefined."
+            )
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """All losses on one batch: ``loss_actor`` (Eq. 4) and each critic's TD loss (Eq. 2)."""
+        loss_actor, metadata_actor = self.actor_loss(tensordict)
+        out = self.qvalue_losses(tensordict)
+        out.set("loss_actor", loss_actor)
+        out.set("kappa", self.kappa.detach().clone())
+        out.update(metadata_actor)
+        return out
+
+    # ------------------------------------------------------------------ value estimator
+    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
+        """Choose how TD targets are built (TD0 by default; ``gamma`` set here, default 0.99)."""
+        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
+        if value_type is None:
+            return self
+        dispatch_value_estimator(
+            self,
+            value_type,
+            supported=self.SUPPORTED_VALUE_ESTIMATORS,
+            tensor_keys={
+                "value": self.tensor_keys.state_action_value,
+                "reward": self.tensor_keys.reward,
+                "done": self.tensor_keys.done,
+                "terminated": self.tensor_keys.terminated,
+            },
+            value_network=None,
+            **hp,
+        )
+        return self
+
+
+def plain_params(params: TensorDictBase) -> TensorDict:
+    """A plain ``TensorDict`` view of ``params`` (same batch sizes, same leaf ``Parameter`` objects).
+
+    ``TensorDictParams`` is not a pytree node for ``torch.func``; this view is, and gradients taken
+    through it reach the original parameters.
+    """
+    return TensorDict(
+        {
+            key: plain_params(value) if is_tensor_collection(value) else value
+            for key, value in params.items()
+        },
+        batch_size=params.batch_size,
+    )
+
+
+def _action_bounds(
+    action_spec: TensorSpec | None,
+    bounds: tuple | None,
+    action_key: NestedKey,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low, high)`` from exactly one of ``action_spec`` and ``bounds``."""
+    if (action_spec is None) == (bounds is None):
+        raise ValueError(
+            "Exactly one of 'action_spec' and 'bounds' must be given, "
+            f"got action_spec={action_spec} and bounds={bounds}."
+        )
+    if action_spec is not None:
+        if isinstance(action_spec, Composite):
+            action_spec = action_spec[action_key]
+        if not isinstance(action_spec, Bounded):
+            raise ValueError(f"action_spec must be Bounded, got {type(action_spec).__name__}")
+        low, high = action_spec.space.low, action_spec.space.high
+    else:
+        low, high = bounds
+    low = torch.as_tensor(low, dtype=torch.float32)
+    high = torch.as_tensor(high, dtype=torch.float32)
+    if (low > high).any():
+        raise ValueError("Got an action lower bound higher than the upper bound.")
+    return low, high
