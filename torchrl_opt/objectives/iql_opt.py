@@ -1,0 +1,553 @@
+"""OPTIQLLoss: OPT on the IQL backbone (Shin, Kim et al., ICML 2025, Appendix A.2).
+
+IQL (Kostrikov et al. 2021) keeps a twin critic ``Q`` (with target parameters ``Qbar``) and a state
+value ``V``. OPT adds a second pair ``(Q_on, V_on)`` beside the offline pair ``(Q_off, V_off)``; each
+pair is trained with IQL's own losses on the same batch, for ``c in {off, on}``:
+
+* ``V_c`` by expectile regression onto the *target* critic (Eq. 5)::
+
+      L_V_c = E[ |tau - 1(u < 0)| * u^2 ],      u = min_i Qbar_c,i(s, a) - V_c(s)
+
+* ``Q_c`` by TD regression onto ``V_c`` (Eq. 6), summed over the twin members::
+
+      L_Q_c = E[ sum_i d(Q_c,i(s, a), y_c) ],   y_c = r + gamma * (1 - terminated) * V_c(s')
+
+  ``y_c`` is computed without gradient (``V_c``'s current parameters, detached), as TorchRL's
+  :class:`~torchrl.objectives.IQLLoss` does: the Q loss never trains ``V``.
+
+* the stochastic actor by advantage-weighted regression on the kappa-mixed advantage (Eq. 9)::
+
+      L_pi = E[ -min(exp(beta * A_mix(s, a)), w_max) * log pi(a | s) ]
+      A_mix = (1 - kappa) * (min_i Qbar_off,i(s, a) - V_off(s)) + kappa * (min_i Qbar_on,i(s, a) - V_on(s))
+
+  with the weights computed without gradient and clipped at ``w_max = 100`` after the
+  exponential, as in TorchRL's ``IQLLoss``. ``a`` is the dataset action.
+
+  Note on the kappa convention: the paper's printed Eq. 9 puts ``kappa`` on the offline advantage
+  and ``1 - kappa`` on the online one, the reverse of Eq. 4 (TD3 actor) and of the kappa schedules of
+  Table 15, which start near 0 (trust ``Q_off``) and end near 1 (trust ``Q_on``). This module uses the
+  Eq. 4 convention throughout, so one :class:`~torchrl_opt.schedules.KappaSchedule` serves both
+  backbones: ``kappa = 0`` is plain IQL on ``(Q_off, V_off)``.
+
+Online pre-training trains ``(Q_on, V_on)`` with the meta-adaptation objective (Eq. 3 for Q, Eq. 8
+for V). :meth:`OPTIQLLoss.online_pretrain_loss` gives ``L_Q_on + L_V_on`` as a pure function of those
+parameters, which :class:`~torchrl_opt.objectives.meta.MetaAdaptationLoss` differentiates with
+``torch.func``.
+
+``kappa`` is a float32 tensor buffer; :class:`~torchrl_opt.schedules.KappaSchedule` writes into it in
+place, so a compiled or CUDA-graphed step sees new values without recompiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict.nn import (
+    ProbabilisticTensorDictModule,
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+    dispatch,
+)
+from tensordict.utils import NestedKey
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.utils import (
+    ValueEstimators,
+    _vmap_func,
+    dispatch_value_estimator,
+    distance_loss,
+)
+
+__all__ = ["OPTIQLLoss", "expectile_loss"]
+
+_CRITICS = ("off", "on")
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """IQL's asymmetric squared loss ``L_2^tau(u) = |tau - 1(u < 0)| * u^2``, elementwise (Eq. 5)."""
+    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
+    return weight * diff.pow(2)
+
+
+class OPTIQLLoss(LossModule):
+    """IQL loss of OPT with two (Q, V) pairs (Eq. 5 and 6 for each pair, Eq. 9 for the actor).
+
+    Args:
+        actor_network: stochastic actor with ``get_dist`` (e.g.
+            :func:`~torchrl_opt.models.make_gaussian_actor`, a ``TanhNormal`` policy).
+        qvalue_off_network: the offline critic ``Q_off``: one module (duplicated ``num_qvalue_nets``
+            times, TorchRL style) or a list of independently initialised modules.
+        value_off_network: the offline state value ``V_off`` (``observation -> state_value``).
+        qvalue_on_network: the online critic ``Q_on`` in the same form as ``Q_off``, or ``None``.
+        value_on_network: the online state value ``V_on``, or ``None``. ``Q_on`` and ``V_on`` come
+            together: both ``None`` gives plain IQL on ``(Q_off, V_off)``.
+
+    Keyword Args:
+        num_qvalue_nets: critics per twin. Default 2.
+        kappa: initial weight of the online advantage in the actor loss, in [0, 1]. Must be 0
+            without ``(Q_on, V_on)``.
+        expectile: IQL's expectile ``tau`` in (0, 1). Default 0.7 (0.9 is the usual AntMaze choice).
+        temperature: inverse temperature ``beta >= 0`` of the advantage weights. Default 3.0.
+        max_weight: clip of the advantage weights, applied after the exponential. Default 100.
+        loss_function: distance of the Q loss: ``"l2"`` (default, squared error), ``"smooth_l1"``
+            or ``"l1"``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        deactivate_vmap: evaluate twins in a Python loop instead of ``vmap``.
+
+    The discount is set with :meth:`make_value_estimator` (TD0 by default, ``gamma=0.99``), as for
+    TorchRL's losses. The input tensordict uses TorchRL's transition layout: ``observation``,
+    ``action``, ``next/{observation, reward, done, terminated}``. ``forward`` returns ``loss_actor``,
+    ``loss_value_off``, ``loss_qvalue_off`` (and ``loss_value_on``, ``loss_qvalue_on`` when the online
+    pair exists) plus detached scalar diagnostics: ``kappa``, ``entropy`` (``-mean log pi(a|s)``),
+    ``advantage`` (mean ``A_mix``), ``weight`` (mean clipped weight) and, per pair ``c``,
+    ``state_value_c`` (mean ``V_c(s)``), ``advantage_c`` (mean ``min Qbar_c - V_c``),
+    ``pred_value_c`` (mean ``Q_c,i(s,a)``) and ``target_value_c`` (mean ``y_c``).
+
+    The critics and values have separate parameter groups and each loss reaches only its own
+    group (the actor loss only the actor, ``loss_value_c`` only ``V_c``, ``loss_qvalue_c`` only
+    ``Q_c``), so one may sum all losses and step one optimiser per group. ``V`` has no target
+    parameters (as in IQL); ``Q_off`` and ``Q_on`` have targets, updated by
+    :class:`~torchrl.objectives.SoftUpdate`.
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Configurable tensordict keys (``set_keys``), as in :class:`~torchrl.objectives.IQLLoss`.
+
+        Attributes:
+            value: the state-value networks' output key. Defaults to ``"state_value"``.
+            action: the action key. Defaults to ``"action"``.
+            state_action_value: the critics' output key. Defaults to ``"state_action_value"``.
+            priority: unused by OPT (balanced replay sets priorities from the density ratio); kept
+                for TorchRL compatibility. Defaults to ``"td_error"``.
+            reward, done, terminated: keys read under ``"next"``.
+            priority_weight: importance weights from a prioritised buffer.
+        """
+
+        value: NestedKey = "state_value"
+        action: NestedKey = "action"
+        state_action_value: NestedKey = "state_action_value"
+        priority: NestedKey = "td_error"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        priority_weight: NestedKey = "priority_weight"
+
+    tensor_keys: _AcceptedKeys
+    default_keys = _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
+    SUPPORTED_VALUE_ESTIMATORS = (
+        ValueEstimators.TD0,
+        ValueEstimators.TD1,
+        ValueEstimators.TDLambda,
+    )
+
+    actor_network: TensorDictModule
+    actor_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
+    qvalue_off_network: TensorDictModule
+    qvalue_off_network_params: TensorDictParams
+    target_qvalue_off_network_params: TensorDictParams
+    qvalue_on_network: TensorDictModule
+    qvalue_on_network_params: TensorDictParams
+    target_qvalue_on_network_params: TensorDictParams
+    value_off_network: TensorDictModule
+    value_off_network_params: TensorDictParams
+    target_value_off_network_params: TensorDictParams
+    value_on_network: TensorDictModule
+    value_on_network_params: TensorDictParams
+    target_value_on_network_params: TensorDictParams
+
+    #: names of the parameter groups that online pre-training trains (see MetaAdaptationLoss).
+    online_param_names: tuple[str, ...] = ("qvalue_on_network_params", "value_on_network_params")
+
+    def __init__(
+        self,
+        actor_network: ProbabilisticTensorDictSequential,
+        qvalue_off_network: TensorDictModule | list[TensorDictModule],
+        value_off_network: TensorDictModule,
+        qvalue_on_network: TensorDictModule | list[TensorDictModule] | None = None,
+        value_on_network: TensorDictModule | None = None,
+        *,
+        num_qvalue_nets: int = 2,
+        kappa: float = 0.0,
+        expectile: float = 0.7,
+        temperature: float = 3.0,
+        max_weight: float = 100.0,
+        loss_function: str = "l2",
+        reduction: str = "mean",
+        deactivate_vmap: bool = False,
+    ) -> None:
+        super().__init__()
+        if (qvalue_on_network is None) != (value_on_network is None):
+            raise ValueError(
+                "qvalue_on_network and value_on_network come together: pass both (OPT) or "
+                f"neither (plain IQL), got qvalue_on_network={type(qvalue_on_network).__name__} "
+                f"and value_on_network={type(value_on_network).__name__}."
+            )
+        if not 0.0 <= float(kappa) <= 1.0:
+            raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+        if qvalue_on_network is None and float(kappa) != 0.0:
+            raise ValueError(
+                f"kappa={kappa} weights the online advantage, but qvalue_on_network and "
+                "value_on_network are None; pass the online pair or use kappa=0 (plain IQL)."
+            )
+        if not 0.0 < expectile < 1.0:
+            raise ValueError(f"expectile must lie in (0, 1), got {expectile}")
+        if temperature < 0:
+            raise ValueError(f"temperature (inverse, beta) must be >= 0, got {temperature}")
+        if max_weight <= 0:
+            raise ValueError(f"max_weight must be positive, got {max_weight}")
+        if loss_function not in ("l2", "l1", "smooth_l1"):
+            raise ValueError(
+                f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}"
+            )
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if not isinstance(
+            actor_network, (ProbabilisticTensorDictSequential, ProbabilisticTensorDictModule)
+        ):
+            raise TypeError(
+                "OPTIQLLoss needs a stochastic actor whose get_dist gives log pi(a|s) (a "
+                "ProbabilisticActor such as make_gaussian_actor), got "
+                f"{type(actor_network).__name__}."
+            )
+        self._in_keys = None
+        self.delay_qvalue = True
+        self.deactivate_vmap = deactivate_vmap
+        self.num_qvalue_nets = num_qvalue_nets
+        self.has_qvalue_on = qvalue_on_network is not None
+        self.expectile = float(expectile)
+        self.temperature = float(temperature)
+        self.max_weight = float(max_weight)
+        self.loss_function = loss_function
+        self.reduction = reduction
+
+        self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
+        self._convert_critic(qvalue_off_network, "qvalue_off_network")
+        self.convert_to_functional(
+            value_off_network, "value_off_network", create_target_params=False
+        )
+        if self.has_qvalue_on:
+            self._convert_critic(qvalue_on_network, "qvalue_on_network")
+            self.convert_to_functional(
+                value_on_network, "value_on_network", create_target_params=False
+            )
+
+        device = next(iter(self.parameters())).device
+        self.register_buffer("kappa", torch.tensor(float(kappa), device=device))
+        self._make_vmap()
+
+    def _convert_critic(self, network, name: str) -> None:
+        if isinstance(network, (list, tuple)):
+            if len(network) != self.num_qvalue_nets:
+                raise ValueError(
+                    f"{name} has {len(network)} modules but num_qvalue_nets={self.num_qvalue_nets}"
+                )
+            network = list(network)
+        self.convert_to_functional(
+            network, name, self.num_qvalue_nets, create_target_params=self.delay_qvalue
+        )
+
+    def _make_vmap(self) -> None:
+        self._vmap_qvalue = {}
+        for critic in self.critics:
+            self._vmap_qvalue[critic] = _vmap_func(
+                getattr(self, f"qvalue_{critic}_network"),
+                randomness=self.vmap_randomness,
+                pseudo_vmap=self.deactivate_vmap,
+            )
+
+    @property
+    def critics(self) -> tuple[str, ...]:
+        """The (Q, V) pairs this loss trains: ``("off",)`` or ``("off", "on")``."""
+        return _CRITICS if self.has_qvalue_on else ("off",)
+
+    # ------------------------------------------------------------------ keys
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                value=self.tensor_keys.value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._set_in_keys()
+
+    def _set_in_keys(self) -> None:
+        keys = [
+            self.tensor_keys.action,
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+            *self.actor_network.in_keys,
+            *self.qvalue_off_network.in_keys,
+            *self.value_off_network.in_keys,
+            *[("next", key) for key in self.value_off_network.in_keys],
+        ]
+        if self.has_qvalue_on:
+            keys += [
+                *self.qvalue_on_network.in_keys,
+                *self.value_on_network.in_keys,
+                *[("next", key) for key in self.value_on_network.in_keys],
+            ]
+        self._in_keys = list(dict.fromkeys(keys))
+
+    @property
+    def in_keys(self):
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    @in_keys.setter
+    def in_keys(self, values):
+        self._in_keys = values
+
+    @property
+    def out_keys(self) -> list[str]:
+        keys = ["loss_actor"]
+        for critic in self.critics:
+            keys += [f"loss_value_{critic}", f"loss_qvalue_{critic}"]
+        keys += ["kappa", "entropy", "advantage", "weight"]
+        for critic in self.critics:
+            keys += [
+                f"state_value_{critic}",
+                f"advantage_{critic}",
+                f"pred_value_{critic}",
+                f"target_value_{critic}",
+            ]
+        return keys
+
+    # ------------------------------------------------------------------ pieces
+    def _critic_values(
+        self, critic: str, tensordict: TensorDictBase, params: TensorDictBase
+    ) -> torch.Tensor:
+        """``Q_c,i(s, a)`` for every member ``i`` of twin ``c``: shape ``[num_qvalue_nets, *batch]``."""
+        td = tensordict.select(
+            *getattr(self, f"qvalue_{critic}_network").in_keys, strict=False
+        ).expand(self.num_qvalue_nets, *tensordict.batch_size)
+        out = self._vmap_qvalue[critic](td, params)
+        return out.get(self.tensor_keys.state_action_value).squeeze(-1)
+
+    def _state_value(
+        self, critic: str, tensordict: TensorDictBase, params: TensorDictBase
+    ) -> torch.Tensor:
+        """``V_c(s)`` with parameters ``params``: shape ``[*batch]``."""
+        network = getattr(self, f"value_{critic}_network")
+        td = tensordict.select(*network.in_keys, strict=False)
+        with params.to_module(network, preserve_module_state=False):
+            td = network(td)
+        return td.get(self.tensor_keys.value).squeeze(-1)
+
+    def _target_min_q(self, critic: str, tensordict: TensorDictBase) -> torch.Tensor:
+        """``min_i Qbar_c,i(s, a)`` at the target parameters, without gradient."""
+        with torch.no_grad():
+            return self._critic_values(
+                critic, tensordict, getattr(self, f"target_qvalue_{critic}_network_params")
+            ).min(0)[0]
+
+    def _value_loss(
+        self,
+        critic: str,
+        tensordict: TensorDictBase,
+        params: TensorDictBase | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Expectile loss of ``V_c`` (Eq. 5): ``|tau - 1(u<0)| u^2``, ``u = min_i Qbar_c,i(s,a) - V_c(s)``."""
+        if params is None:
+            params = getattr(self, f"value_{critic}_network_params")
+        weights = self._maybe_get_priority_weight(tensordict)
+        min_q = self._target_min_q(critic, tensordict)
+        value = self._state_value(critic, tensordict, params)
+        loss = expectile_loss(min_q - value, self.expectile)
+        loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
+        metadata = {f"state_value_{critic}": value.detach().mean()}
+        return loss, metadata
+
+    def _qvalue_loss(
+        self,
+        critic: str,
+        tensordict: TensorDictBase,
+        params: TensorDictBase | None = None,
+        value_params: TensorDictBase | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """TD loss of twin ``c`` (Eq. 6): ``sum_i d(Q_c,i(s,a), r + gamma (1 - terminated) V_c(s'))``.
+
+        ``V_c(s')`` is evaluated at ``value_params`` (default: the live ``V_c``), detached.
+        """
+        if params is None:
+            params = getattr(self, f"qvalue_{critic}_network_params")
+        if value_params is None:
+            value_params = getattr(self, f"value_{critic}_network_params")
+        weights = self._maybe_get_priority_weight(tensordict)
+        with torch.no_grad():
+            next_value = self._state_value(
+                critic, tensordict.get("next"), value_params.detach()
+            )
+            target_td = tensordict.select(
+                "next", self.tensor_keys.action, *self.actor_network.in_keys, strict=False
+            ).clone(False)
+            target_td.set(("next", self.tensor_keys.value), next_value.unsqueeze(-1))
+            target_value = self.value_estimator.value_estimate(target_td).squeeze(-1)
+        current_q = self._critic_values(critic, tensordict, params)
+        loss = distance_loss(
+            current_q, target_value.expand_as(current_q), loss_function=self.loss_function
+        ).sum(0)
+        loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
+        metadata = {
+            f"pred_value_{critic}": current_q.detach().mean(),
+            f"target_value_{critic}": target_value.mean(),
+        }
+        return loss, metadata
+
+    # ------------------------------------------------------------------ losses
+    def actor_loss(
+        self, tensordict: TensorDictBase
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Eq. 9: ``E[-min(exp(beta * A_mix), max_weight) * log pi(a|s)]``, weights without gradient.
+
+        ``A_mix = (1 - kappa) * A_off + kappa * A_on`` with ``A_c = min_i Qbar_c,i(s,a) - V_c(s)``;
+        ``A_mix = A_off`` without the online pair.
+        """
+        weights = self._maybe_get_priority_weight(tensordict)
+        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
+            dist = self.actor_network.get_dist(
+                tensordict.select(*self.actor_network.in_keys, strict=False)
+            )
+        log_prob = dist.log_prob(tensordict.get(self.tensor_keys.action))
+        advantages = {}
+        with torch.no_grad():
+            for critic in self.critics:
+                value = self._state_value(
+                    critic, tensordict, getattr(self, f"value_{critic}_network_params")
+                )
+                advantages[critic] = self._target_min_q(critic, tensordict) - value
+            advantage = advantages["off"]
+            if self.has_qvalue_on:
+                advantage = (1 - self.kappa) * advantages["off"] + self.kappa * advantages["on"]
+            exp_a = torch.exp(advantage * self.temperature).clamp_max(self.max_weight)
+        if log_prob.shape != exp_a.shape:
+            raise RuntimeError(
+                f"log pi(a|s) has shape {tuple(log_prob.shape)} but the advantage weights have "
+                f"shape {tuple(exp_a.shape)}; the actor's distribution must sum over the action "
+                "dimension (e.g. TanhNormal)."
+            )
+        loss = -(exp_a * log_prob)
+        loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
+        metadata = {
+            "entropy": -log_prob.detach().mean(),
+            "advantage": advantage.mean(),
+            "weight": exp_a.mean(),
+        }
+        metadata.update({f"advantage_{critic}": a.mean() for critic, a in advantages.items()})
+        return loss, metadata
+
+    def value_loss(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Expectile losses (Eq. 5) of every ``V_c``: ``loss_value_off`` (and ``loss_value_on``)."""
+        out = {}
+        for critic in self.critics:
+            loss, metadata = self._value_loss(critic, tensordict)
+            out[f"loss_value_{critic}"] = loss
+            out.update(metadata)
+        return TensorDict(out, batch_size=[])
+
+    def qvalue_loss(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """TD losses (Eq. 6) of every twin ``Q_c``: ``loss_qvalue_off`` (and ``loss_qvalue_on``)."""
+        out = {}
+        for critic in self.critics:
+            loss, metadata = self._qvalue_loss(critic, tensordict)
+            out[f"loss_qvalue_{critic}"] = loss
+            out.update(metadata)
+        return TensorDict(out, batch_size=[])
+
+    def value_on_loss(
+        self, tensordict: TensorDictBase, params: TensorDictBase | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Expectile loss of ``V_on`` (Eq. 5), optionally at other parameters ``params``."""
+        self._require_online_pair()
+        return self._value_loss("on", tensordict, params)
+
+    def qvalue_on_loss(
+        self,
+        tensordict: TensorDictBase,
+        params: TensorDictBase | None = None,
+        value_params: TensorDictBase | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """TD loss of ``Q_on`` (Eq. 6) at ``params``, with the target's ``V_on`` at ``value_params``."""
+        self._require_online_pair()
+        return self._qvalue_loss("on", tensordict, params, value_params)
+
+    def online_pretrain_loss(
+        self, tensordict: TensorDictBase, params: TensorDictBase | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss online pre-training minimises for the online pair: ``L_Q_on + L_V_on``.
+
+        ``params``, when given, is a TensorDict keyed by :attr:`online_param_names`; the loss is then
+        evaluated at those parameters (the meta-adaptation inner step of Eq. 3 / Eq. 8 needs this):
+        ``L_V_on`` at ``params["value_on_network_params"]`` (its target is ``Qbar_on``) and
+        ``L_Q_on`` at ``params["qvalue_on_network_params"]`` with the TD target
+        ``r + gamma (1 - terminated) V_on(s')`` at ``params["value_on_network_params"]``, detached.
+        The gradient therefore reaches ``V_on`` only through ``L_V_on`` and ``Q_on`` only through
+        ``L_Q_on``. The function is pure in ``params`` (no in-place ops, no host syncs).
+        """
+        self._require_online_pair()
+        if params is None:
+            q_params = v_params = None
+        else:
+            q_params = params["qvalue_on_network_params"]
+            v_params = params["value_on_network_params"]
+        loss_value, metadata = self._value_loss("on", tensordict, v_params)
+        loss_qvalue, metadata_q = self._qvalue_loss("on", tensordict, q_params, v_params)
+        metadata.update(metadata_q)
+        metadata["loss_value_on"] = loss_value.detach()
+        metadata["loss_qvalue_on"] = loss_qvalue.detach()
+        return loss_qvalue + loss_value, metadata
+
+    def online_params(self) -> TensorDictBase:
+        """The live parameters that online pre-training trains, keyed by :attr:`online_param_names`."""
+        self._require_online_pair()
+        return TensorDict(
+            {name: getattr(self, name) for name in self.online_param_names}, batch_size=[]
+        )
+
+    def _require_online_pair(self) -> None:
+        if not self.has_qvalue_on:
+            raise RuntimeError(
+                "This OPTIQLLoss was built without qvalue_on_network/value_on_network; "
+                "the online losses are undefined."
+            )
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """All losses on one batch: ``loss_actor`` (Eq. 9), each V's (Eq. 5) and each Q's (Eq. 6)."""
+        loss_actor, metadata_actor = self.actor_loss(tensordict)
+        out = self.value_loss(tensordict)
+        out.update(self.qvalue_loss(tensordict))
+        out.set("loss_actor", loss_actor)
+        out.set("kappa", self.kappa.detach().clone())
+        out.update(metadata_actor)
+        return out
+
+    # ------------------------------------------------------------------ value estimator
+    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
+        """Choose how TD targets are built (TD0 by default; ``gamma`` set here, default 0.99).
+
+        The estimator reads ``V_c(s')`` from ``("next", value)``, which the Q loss fills per pair.
+        """
+        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
+        if value_type is None:
+            return self
+        dispatch_value_estimator(
+            self,
+            value_type,
+            supported=self.SUPPORTED_VALUE_ESTIMATORS,
+            tensor_keys={
+                "value": self.tensor_keys.value,
+                "reward": self.tensor_keys.reward,
+                "done": self.tensor_keys.done,
+                "terminated": self.tensor_keys.terminated,
+            },
+            value_network=None,
+            **hp,
+        )
+        return self
