@@ -59,6 +59,8 @@ from torchrl.objectives.utils import (
     distance_loss,
 )
 
+from torchrl_opt.objectives.utils import plain_params
+
 __all__ = ["OPTIQLLoss", "expectile_loss"]
 
 _CRITICS = ("off", "on")
@@ -507,7 +509,8 @@ class OPTIQLLoss(LossModule):
         """The live parameters that online pre-training trains, keyed by :attr:`online_param_names`."""
         self._require_online_pair()
         return TensorDict(
-            {name: getattr(self, name) for name in self.online_param_names}, batch_size=[]
+            {name: plain_params(getattr(self, name)) for name in self.online_param_names},
+            batch_size=[],
         )
 
     def _require_online_pair(self) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams, is_tensor_collection
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey
 from torch import nn
@@ -44,6 +44,8 @@ from torchrl.objectives.utils import (
     dispatch_value_estimator,
     distance_loss,
 )
+
+from torchrl_opt.objectives.utils import plain_params
 
 __all__ = ["OPTLoss"]
 
@@ -455,21 +457,6 @@ class OPTLoss(LossModule):
             **hp,
         )
         return self
-
-
-def plain_params(params: TensorDictBase) -> TensorDict:
-    """A plain ``TensorDict`` view of ``params`` (same batch sizes, same leaf ``Parameter`` objects).
-
-    ``TensorDictParams`` is not a pytree node for ``torch.func``; this view is, and gradients taken
-    through it reach the original parameters.
-    """
-    return TensorDict(
-        {
-            key: plain_params(value) if is_tensor_collection(value) else value
-            for key, value in params.items()
-        },
-        batch_size=params.batch_size,
-    )
 
 
 def _action_bounds(

@@ -1,0 +1,193 @@
+"""Configuration of an OPT run: one dataclass per concern, the schema of the Hydra recipes.
+
+The dataclasses double as Hydra structured configs (``register_configs``), so a misspelt key in a
+recipe or on the command line is rejected by Hydra with the offending key named. Defaults are the
+paper's settings (``../shared/reference/opt-algorithm.md``); the recipes' ``scale=demo`` preset shrinks
+the budgets for a CPU demo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchrl_opt.pipeline.updates import AccelerationConfig
+
+__all__ = [
+    "AccelerationConfig",
+    "BackboneConfig",
+    "CheckpointConfig",
+    "DatasetConfig",
+    "EvalConfig",
+    "FinetuneConfig",
+    "KappaConfig",
+    "LoggingConfig",
+    "OfflineConfig",
+    "OnlinePretrainConfig",
+    "RunConfig",
+    "register_configs",
+]
+
+
+@dataclass
+class DatasetConfig:
+    """Where the offline data come from.
+
+    ``source``: ``"generated"`` (built locally on first use and cached, see
+    ``torchrl_opt.data.generate``), ``"minari"`` (a Minari id, downloaded when the network allows),
+    ``"local_minari"`` (a Minari id already on disk) or ``"d4rl_hdf5"`` (``path`` to a D4RL file).
+    """
+
+    task: str = "hopper"
+    kind: str = "random"
+    source: str = "generated"
+    id: str | None = None
+    path: str | None = None
+    size: int = 1_000_000
+    generation_seed: int = 0
+
+
+@dataclass
+class BackboneConfig:
+    """Networks and per-backbone hyperparameters (``name``: ``td3``, ``spot`` or ``iql``)."""
+
+    name: str = "td3"
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    layer_norm: bool = False
+    gamma: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    # TD3 / TD3+BC / SPOT
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    actor_delay: int = 2
+    bc_alpha: float = 2.5
+    online_bc_alpha: float | None = None
+    exploration_noise: float = 0.1
+    # SPOT
+    vae_steps: int = 100_000
+    vae_lr: float = 1e-3
+    vae_beta: float = 0.5
+    vae_hidden: list[int] = field(default_factory=lambda: [750, 750])
+    spot_lambda: float = 0.25
+    spot_lambda_end: float = 0.2
+    spot_cooling_steps: int = 1_000_000
+    # IQL
+    expectile: float = 0.7
+    temperature: float = 3.0
+    value_lr: float = 3e-4
+
+
+@dataclass
+class OfflineConfig:
+    """Phase 1: offline pre-training. ``checkpoint`` reuses a finished phase instead of training."""
+
+    steps: int = 1_000_000
+    batch_size: int = 256
+    checkpoint: str | None = None
+    normalize_observations: bool = False
+    eval_every: int = 50_000
+
+
+@dataclass
+class OnlinePretrainConfig:
+    """Phase 2: collect ``n_tau`` steps with the frozen offline policy, then ``steps`` updates of Q_on.
+
+    ``mode``: ``meta`` (Eq. 3), ``online`` (B_on only), ``joint`` (Eq. 10), ``offline``.
+    ``steps=0`` leaves Q_on at its random initialisation (the paper's random-init ablation).
+    """
+
+    n_tau: int = 25_000
+    steps: int = 50_000
+    batch_size: int = 256
+    mode: str = "meta"
+    order: int = 2
+    alpha: float = 3e-4
+    loss_ratio_weighting: bool = False
+    lr: float = 3e-4
+
+
+@dataclass
+class KappaConfig:
+    """Kappa schedule: ``preset`` (Appendix H for the task/dataset), ``linear`` or ``constant``."""
+
+    kind: str = "preset"
+    init: float = 1.0
+    end: float = 1.0
+    t_decay: int = 0
+    start: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    """Phase 3: online fine-tuning. ``use_q_on=False`` is the vanilla fine-tuning baseline."""
+
+    env_steps: int = 275_000
+    utd: int = 5
+    batch_size: int = 256
+    replay: str = "balanced"
+    use_q_on: bool = True
+    kappa: KappaConfig = field(default_factory=KappaConfig)
+    density_lr: float = 3e-4
+    temperature: float = 5.0
+
+
+@dataclass
+class EvalConfig:
+    every: int = 5_000
+    episodes: int = 10
+    max_steps: int = 1000
+
+
+@dataclass
+class LoggingConfig:
+    """``backend``: ``csv`` (default), ``tensorboard``, ``wandb`` or ``none``."""
+
+    backend: str = "csv"
+    dir: str = "runs"
+    experiment: str | None = None
+    progress: bool = True
+    log_every: int = 1_000
+
+
+@dataclass
+class CheckpointConfig:
+    """Atomic checkpoints every ``every`` env steps (0: only at phase ends); ``resume`` a run dir."""
+
+    every: int = 25_000
+    resume: bool = True
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"
+    env_id: str | None = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    online_pretrain: OnlinePretrainConfig = field(default_factory=OnlinePretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    acceleration: AccelerationConfig = field(default_factory=AccelerationConfig)
+    run_dir: str | None = None
+
+
+def register_configs() -> None:
+    """Register :class:`RunConfig` as the Hydra schema ``opt_schema``."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="opt_schema", node=RunConfig)
+
+
+def to_run_config(cfg: Any) -> RunConfig:
+    """Turn a Hydra/OmegaConf config (or a dict) into a validated :class:`RunConfig`."""
+    from omegaconf import OmegaConf
+
+    if isinstance(cfg, RunConfig):
+        return cfg
+    structured = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+    return OmegaConf.to_object(structured)

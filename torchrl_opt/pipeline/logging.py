@@ -1,0 +1,125 @@
+"""Run logging: TorchRL loggers (CSV by default), a tqdm progress bar, and an in-memory history.
+
+Metrics arrive as TensorDicts of detached device scalars; they are turned into Python floats only
+at logging points (every ``log_every`` steps), which is the only host synchronisation of a loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from tensordict import TensorDictBase
+from tqdm.auto import tqdm
+
+__all__ = ["RunLogger", "NonFiniteMetricError"]
+
+LOGGER_BACKENDS = ("csv", "tensorboard", "wandb", "none")
+
+
+class NonFiniteMetricError(FloatingPointError):
+    """A logged loss or value became NaN/inf: training diverged."""
+
+
+class RunLogger:
+    """Scalars to a TorchRL logger and to :attr:`history` (``name -> [(step, value)]``).
+
+    Args:
+        backend: ``"csv"``, ``"tensorboard"``, ``"wandb"`` or ``"none"``.
+        log_dir: directory of the run's logs.
+        experiment: experiment name.
+        progress: show tqdm bars.
+        check_finite: raise :class:`NonFiniteMetricError` when a logged metric is NaN/inf.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        log_dir: str | Path,
+        experiment: str,
+        *,
+        progress: bool = True,
+        check_finite: bool = True,
+    ) -> None:
+        if backend not in LOGGER_BACKENDS:
+            raise ValueError(f"Unknown logging backend {backend!r}; choose one of {LOGGER_BACKENDS}")
+        self.backend = backend
+        self.progress = progress
+        self.check_finite = check_finite
+        self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._logger = None
+        if backend != "none":
+            from torchrl.record.loggers import get_logger
+
+            kwargs = {}
+            if backend == "wandb":
+                kwargs = {"save_dir": str(log_dir)}
+            self._logger = get_logger(
+                backend, logger_name=str(log_dir), experiment_name=experiment, **kwargs
+            )
+        self._bar: tqdm | None = None
+        self._bar_start = 0.0
+        self._postfix: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ scalars
+    def log(self, metrics: Mapping[str, float] | TensorDictBase, step: int, prefix: str = "") -> dict:
+        """Log every scalar of ``metrics`` at ``step`` under ``prefix/``; returns the floats."""
+        values = _as_floats(metrics)
+        for name, value in values.items():
+            key = f"{prefix}/{name}" if prefix else name
+            if self.check_finite and not math.isfinite(value):
+                raise NonFiniteMetricError(
+                    f"{key} = {value} at step {step}: training diverged. Lower the learning rate, "
+                    "enable observation normalisation, or shorten offline training."
+                )
+            self.history[key].append((int(step), value))
+            if self._logger is not None:
+                self._logger.log_scalar(key, value, step=int(step))
+        return values
+
+    def last(self, key: str) -> float | None:
+        series = self.history.get(key)
+        return series[-1][1] if series else None
+
+    # ------------------------------------------------------------------ progress
+    def start_phase(self, name: str, total: int, initial: int = 0) -> None:
+        self.close_phase()
+        self._postfix = {}
+        self._bar_start = time.perf_counter()
+        if self.progress:
+            self._bar = tqdm(total=total, initial=initial, desc=name, dynamic_ncols=True)
+
+    def advance(self, n: int = 1, **postfix: float) -> None:
+        self._postfix.update(postfix)
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in self._postfix.items()}, refresh=False)
+
+    def close_phase(self) -> float:
+        """Close the current bar; returns the phase's wall-clock seconds."""
+        elapsed = time.perf_counter() - self._bar_start if self._bar_start else 0.0
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._bar_start = 0.0
+        return elapsed
+
+
+def _as_floats(metrics: Mapping[str, float] | TensorDictBase) -> dict[str, float]:
+    if isinstance(metrics, TensorDictBase):
+        items = [("/".join(k) if isinstance(k, tuple) else k, v) for k, v in metrics.items(True, True)]
+    else:
+        items = list(metrics.items())
+    out = {}
+    for name, value in items:
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                value = value.float().mean()
+            value = value.item()
+        out[name] = float(value)
+    return out

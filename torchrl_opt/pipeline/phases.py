@@ -1,0 +1,293 @@
+"""OPT's three phases as plain loops (one loop per phase, no training logic elsewhere).
+
+1. :func:`train_offline` — offline pre-training on ``B_off`` (TD3+BC, SPOT after its VAE, IQL).
+2. :func:`collect_online` + :func:`pretrain_online` — ``N_tau`` steps of the frozen offline policy
+   through a TorchRL ``Collector`` into ``B_on``, then ``N_pretrain`` meta-adaptation steps of Q_on.
+3. :func:`finetune` — collector + replay strategy + dual-critic loss + kappa schedule, UTD ratio,
+   delayed actor, density-ratio priorities for balanced replay, periodic evaluation.
+
+Each loop takes a ``start`` step and calls ``on_checkpoint(step)`` every ``checkpoint_every`` steps,
+so :mod:`torchrl_opt.pipeline.run` can save and resume any phase mid-way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType
+
+from torchrl_opt.data.replay import DensityRatioEstimator, MixedReplayBuffer
+from torchrl_opt.pipeline.agents import Agent, UpdateSpec
+from torchrl_opt.pipeline.logging import RunLogger
+from torchrl_opt.pipeline.updates import StepFn
+from torchrl_opt.schedules import KappaSchedule
+
+__all__ = [
+    "EvalFn",
+    "train_offline",
+    "train_vae",
+    "collect_online",
+    "pretrain_online",
+    "finetune",
+    "DensityRatioUpdater",
+    "sample_uniform",
+]
+
+#: ``evaluate(step) -> {"return": ..., "normalized_score": ...}``
+EvalFn = Callable[[int], dict]
+CheckpointFn = Callable[[int], None]
+
+
+def sample_uniform(
+    data: TensorDictBase, batch_size: int, generator: torch.Generator
+) -> TensorDictBase:
+    """``batch_size`` rows of ``data`` drawn uniformly with replacement (a device op)."""
+    index = torch.randint(
+        data.shape[0], (batch_size,), generator=generator, device=generator.device
+    )
+    return data[index]
+
+
+def _run_updates(updates: list[UpdateSpec], batch: TensorDictBase, step: int, metrics: dict) -> None:
+    for spec in updates:
+        if step % spec.every == 0:
+            metrics[spec.name] = spec.step(batch)
+
+
+def _merge(metrics: dict) -> TensorDictBase:
+    merged = {}
+    for out in metrics.values():
+        merged.update({k: v for k, v in out.items()})
+    return TensorDict(merged, batch_size=[])
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def train_vae(
+    vae_step: StepFn,
+    data: TensorDictBase,
+    steps: int,
+    batch_size: int,
+    *,
+    generator: torch.Generator,
+    logger: RunLogger,
+    log_every: int,
+    start: int = 0,
+    on_checkpoint: CheckpointFn | None = None,
+    checkpoint_every: int = 0,
+) -> None:
+    """SPOT's behaviour VAE: ``steps`` updates of ``recon + beta * KL`` on uniform batches."""
+    logger.start_phase("vae", steps, start)
+    for step in range(start + 1, steps + 1):
+        out = vae_step(sample_uniform(data, batch_size, generator))
+        if _due(step, log_every) or step == steps:
+            values = logger.log(out, step, prefix="vae")
+            logger.advance(0, loss_vae=values["loss_vae"])
+        logger.advance()
+        if on_checkpoint is not None and _due(step, checkpoint_every):
+            on_checkpoint(step)
+    logger.close_phase()
+
+
+def train_offline(
+    agent: Agent,
+    updates: list[UpdateSpec],
+    data: TensorDictBase,
+    steps: int,
+    batch_size: int,
+    *,
+    generator: torch.Generator,
+    logger: RunLogger,
+    evaluate: EvalFn,
+    log_every: int,
+    eval_every: int,
+    start: int = 0,
+    on_checkpoint: CheckpointFn | None = None,
+    checkpoint_every: int = 0,
+) -> None:
+    """Offline pre-training: ``steps`` updates of the backbone's offline loss on ``B_off``.
+
+    Every update runs the agent's update specs in order (TD3: critic every step, actor and
+    targets every ``actor_delay``; IQL: value, actor, Q and targets every step).
+    """
+    logger.start_phase("offline", steps, start)
+    metrics: dict = {}
+    for step in range(start + 1, steps + 1):
+        batch = sample_uniform(data, batch_size, generator)
+        _run_updates(updates, batch, step - 1, metrics)
+        if _due(step, log_every) or step == steps:
+            values = logger.log(_merge(metrics), step, prefix="offline")
+            logger.advance(0, q_off=values.get("pred_value_off", float("nan")))
+        if _due(step, eval_every) or step == steps:
+            result = evaluate(step)
+            logger.log(result, step, prefix="offline_eval")
+            logger.advance(0, score=result["normalized_score"])
+        logger.advance()
+        if on_checkpoint is not None and _due(step, checkpoint_every):
+            on_checkpoint(step)
+    logger.close_phase()
+
+
+def collect_online(
+    env: EnvBase,
+    policy,
+    num_steps: int,
+    *,
+    device: torch.device,
+    exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
+    frames_per_batch: int = 1000,
+    logger: RunLogger | None = None,
+) -> TensorDictBase:
+    """Roll out ``policy`` (frozen, deterministic by default: OPT's ``B_on``) for ``num_steps``.
+
+    Returns the flat ``[num_steps]`` transitions on ``device``. The env runs where it lives (CPU for
+    MuJoCo); the policy runs on ``device``.
+    """
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be positive, got {num_steps}")
+    frames_per_batch = min(frames_per_batch, num_steps)
+    collector = Collector(
+        env,
+        policy,
+        frames_per_batch=frames_per_batch,
+        total_frames=-(-num_steps // frames_per_batch) * frames_per_batch,
+        policy_device=device,
+        storing_device=device,
+        exploration_type=exploration_type,
+    )
+    chunks = []
+    collected = 0
+    if logger is not None:
+        logger.start_phase("collect B_on", num_steps)
+    with torch.no_grad():
+        for batch in collector:
+            chunks.append(batch.reshape(-1))
+            collected += batch.numel()
+            if logger is not None:
+                logger.advance(batch.numel())
+    collector.shutdown()
+    if logger is not None:
+        logger.close_phase()
+    return torch.cat(chunks)[:num_steps]
+
+
+def pretrain_online(
+    pretrain_step: StepFn,
+    offline: TensorDictBase,
+    online: TensorDictBase,
+    steps: int,
+    batch_size: int,
+    *,
+    generator: torch.Generator,
+    logger: RunLogger,
+    log_every: int,
+    start: int = 0,
+    on_checkpoint: CheckpointFn | None = None,
+    checkpoint_every: int = 0,
+) -> None:
+    """Online pre-training: ``steps`` meta-adaptation updates of the online critics.
+
+    Each update draws ``batch_size`` rows from ``B_off`` and ``batch_size`` from ``B_on``.
+    """
+    logger.start_phase("online pre-training", steps, start)
+    for step in range(start + 1, steps + 1):
+        batch = TensorDict(
+            offline=sample_uniform(offline, batch_size, generator),
+            online=sample_uniform(online, batch_size, generator),
+        )
+        out = pretrain_step(batch)
+        if _due(step, log_every) or step == steps:
+            values = logger.log(out, step, prefix="pretrain")
+            logger.advance(0, loss=values["loss_pretrain"])
+        logger.advance()
+        if on_checkpoint is not None and _due(step, checkpoint_every):
+            on_checkpoint(step)
+    logger.close_phase()
+
+
+@dataclass
+class DensityRatioUpdater:
+    """Off2On's per-update density-ratio step: train ``w`` on 256 offline + 256 online rows, then
+    set the RL batch's priorities to ``w^(1/T) / mean_off(w^(1/T))`` (clamped)."""
+
+    estimator: DensityRatioEstimator
+    optimizer: torch.optim.Optimizer
+    batch_size: int = 256
+
+    def __call__(self, replay: MixedReplayBuffer, sample: TensorDictBase) -> torch.Tensor:
+        offline, online = replay.sample_offline_online(self.batch_size)
+        loss, priority = self.estimator.loss_and_priorities(offline, online, sample)
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        self.optimizer.step()
+        replay.update_priority(sample["index"], priority)
+        return loss.detach()
+
+
+def finetune(
+    agent: Agent,
+    updates: list[UpdateSpec],
+    replay: MixedReplayBuffer,
+    collector: Collector,
+    env_steps: int,
+    utd: int,
+    *,
+    kappa: KappaSchedule | None,
+    density: DensityRatioUpdater | None,
+    logger: RunLogger,
+    evaluate: EvalFn,
+    log_every: int,
+    eval_every: int,
+    start: int = 0,
+    update_count: int = 0,
+    on_checkpoint: Callable[[int, int], None] | None = None,
+    checkpoint_every: int = 0,
+    step_penalty: Callable[[], None] | None = None,
+) -> int:
+    """Online fine-tuning for ``env_steps`` environment steps; returns the number of updates done.
+
+    Per environment step: store the transition, advance kappa (and SPOT's lambda cooling), run
+    ``utd`` updates (critics every update, actor every ``actor_delay`` counted over updates), each
+    followed by a density-ratio priority update when replay is balanced.
+    """
+    logger.start_phase("fine-tuning", env_steps, start)
+    metrics: dict = {}
+    env_step = start
+    for batch in collector:
+        batch = batch.reshape(-1)
+        for transition_index in range(batch.shape[0]):
+            replay.extend(batch[transition_index : transition_index + 1])
+            env_step += 1
+            if kappa is not None:
+                kappa.step()
+            if step_penalty is not None:
+                step_penalty()
+            for _ in range(utd):
+                sample = replay.sample()
+                _run_updates(updates, sample, update_count, metrics)
+                if density is not None:
+                    metrics["density"] = TensorDict(loss_density=density(replay, sample))
+                update_count += 1
+            if _due(env_step, log_every) or env_step == env_steps:
+                values = logger.log(_merge(metrics), env_step, prefix="finetune")
+                logger.advance(0, q_on=values.get("pred_value_on", float("nan")))
+            if _due(env_step, eval_every) or env_step == env_steps:
+                result = evaluate(env_step)
+                logger.log(result, env_step, prefix="eval")
+                logger.advance(0, score=result["normalized_score"])
+            logger.advance()
+            if on_checkpoint is not None and _due(env_step, checkpoint_every):
+                on_checkpoint(env_step, update_count)
+            if env_step >= env_steps:
+                break
+        if env_step >= env_steps:
+            break
+    logger.close_phase()
+    return update_count

@@ -1,0 +1,541 @@
+"""``run(cfg)``: one OPT (or baseline) run from data to summary, resumable at any point.
+
+Order of work: load (or generate) the offline dataset, build env and agent, then
+
+1. offline pre-training (or load ``offline.checkpoint``), saved to ``<run_dir>/offline.pt``;
+2. ``N_tau`` steps of the frozen offline policy into ``B_on`` (for baselines too, so every method
+   gets ``N_tau + finetune.env_steps`` online interactions), then online pre-training of Q_on when
+   ``finetune.use_q_on``;
+3. fine-tuning with the chosen replay strategy and kappa schedule;
+
+and write ``<run_dir>/summary.json``. ``<run_dir>/checkpoint.pt`` is rewritten atomically every
+``checkpoint.every`` steps of any phase; rerunning the same configuration resumes from it and
+produces the same metrics as an uninterrupted run (same seed, same device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import ObservationNorm
+from torchrl.envs.utils import ExplorationType
+
+from torchrl_opt.data.datasets import (
+    DatasetSpec,
+    SpaceMismatchError,
+    dataset_metadata,
+    get_dataset_entry,
+    load_offline_data,
+)
+from torchrl_opt.data.generate import ensure_dataset
+from torchrl_opt.data.replay import TRANSITION_KEYS, DensityRatioEstimator, make_replay
+from torchrl_opt.data.scores import normalized_score
+from torchrl_opt.env_state import env_restore_on_next_reset, env_snapshot, make_resumable_env
+from torchrl_opt.envs import evaluate_policy
+from torchrl_opt.objectives.meta import META_MODES
+from torchrl_opt.pipeline.agents import BACKBONES, Agent, UpdateSpec, make_agent
+from torchrl_opt.pipeline.checkpoint import (
+    CheckpointError,
+    check_fingerprint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from torchrl_opt.pipeline.config import RunConfig, to_run_config
+from torchrl_opt.pipeline.logging import RunLogger
+from torchrl_opt.pipeline.phases import (
+    DensityRatioUpdater,
+    collect_online,
+    finetune,
+    pretrain_online,
+    train_offline,
+    train_vae,
+)
+from torchrl_opt.schedules import KappaSchedule, kappa_preset
+
+__all__ = ["run", "RunResult", "resolve_device", "ConfigError"]
+
+PHASES = ("vae", "offline", "pretrain", "finetune", "done")
+REPLAYS = ("balanced", "symmetric", "online", "uniform")
+KAPPA_KINDS = ("preset", "linear", "constant")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of its domain."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    history: dict[str, list[tuple[int, float]]] = field(repr=False)
+    agent: Agent = field(repr=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; an explicit CUDA device without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available")
+    return device
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject out-of-domain values with the offending key named."""
+    checks = [
+        ("backbone.name", cfg.backbone.name, BACKBONES),
+        ("finetune.replay", cfg.finetune.replay, REPLAYS),
+        ("finetune.kappa.kind", cfg.finetune.kappa.kind, KAPPA_KINDS),
+        ("online_pretrain.mode", cfg.online_pretrain.mode, META_MODES),
+        ("online_pretrain.order", cfg.online_pretrain.order, (1, 2)),
+    ]
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {allowed}")
+    for key, value in [
+        ("offline.steps", cfg.offline.steps),
+        ("online_pretrain.n_tau", cfg.online_pretrain.n_tau),
+        ("online_pretrain.steps", cfg.online_pretrain.steps),
+        ("finetune.env_steps", cfg.finetune.env_steps),
+    ]:
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    for key, value in [
+        ("finetune.utd", cfg.finetune.utd),
+        ("eval.episodes", cfg.eval.episodes),
+        ("offline.batch_size", cfg.offline.batch_size),
+        ("finetune.batch_size", cfg.finetune.batch_size),
+        ("online_pretrain.batch_size", cfg.online_pretrain.batch_size),
+    ]:
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.finetune.replay == "online" and cfg.online_pretrain.n_tau == 0:
+        raise ConfigError("finetune.replay='online' needs online_pretrain.n_tau > 0 to start sampling")
+
+
+def _fingerprint(cfg: RunConfig, env_id: str) -> dict[str, Any]:
+    """Configuration entries a resumed run must share with the checkpoint it resumes."""
+    as_dict = dataclasses.asdict(cfg)
+    return json.loads(
+        json.dumps(
+            {
+                "seed": cfg.seed,
+                "env_id": env_id,
+                "dataset": as_dict["dataset"],
+                "backbone": as_dict["backbone"],
+                "offline": {k: v for k, v in as_dict["offline"].items() if k != "eval_every"},
+                "online_pretrain": as_dict["online_pretrain"],
+                "finetune": as_dict["finetune"],
+            }
+        )
+    )
+
+
+def _experiment_name(cfg: RunConfig) -> str:
+    method = "opt" if cfg.finetune.use_q_on else "baseline"
+    return f"{cfg.dataset.task}-{cfg.dataset.kind}-{cfg.backbone.name}-{method}-s{cfg.seed}"
+
+
+def _load_dataset(cfg: RunConfig, device: torch.device) -> tuple[TensorDictBase, str, tuple | None]:
+    """Offline data on ``device``, the env id, and the dataset's own reference scores (or None)."""
+    ds = cfg.dataset
+    entry = get_dataset_entry(ds.task, ds.kind)
+    if ds.source == "generated":
+        dataset_id = ensure_dataset(
+            ds.task, ds.kind, size=ds.size, seed=ds.generation_seed, progress=cfg.logging.progress
+        )
+        spec = DatasetSpec("local_minari", dataset_id, device=str(device))
+    elif ds.source in ("minari", "local_minari"):
+        spec = DatasetSpec(ds.source, ds.id or entry.minari_id, device=str(device))
+    elif ds.source == "d4rl_hdf5":
+        if not ds.path:
+            raise ConfigError("dataset.source='d4rl_hdf5' needs dataset.path")
+        spec = DatasetSpec("d4rl_hdf5", ds.path, env_id=cfg.env_id or entry.env_id, device=str(device))
+    else:
+        raise ConfigError(
+            f"dataset.source={ds.source!r} is not one of ('generated', 'minari', 'local_minari', 'd4rl_hdf5')"
+        )
+    data = load_offline_data(spec).select(*TRANSITION_KEYS)
+    meta = dataset_metadata(spec)
+    ref = None
+    if meta.ref_min_score is not None and meta.ref_max_score is not None:
+        ref = (meta.ref_min_score, meta.ref_max_score)
+    return data, cfg.env_id or meta.env_id or entry.env_id, ref
+
+
+def _tensordict_state(td: TensorDictBase) -> dict:
+    return {"data": td.to_dict(), "batch_size": list(td.batch_size)}
+
+
+def _tensordict_from_state(state: dict, device: torch.device) -> TensorDictBase:
+    return TensorDict(state["data"], batch_size=state["batch_size"]).to(device)
+
+
+class _Run:
+    """The state of one run; methods are the phase transitions. Kept private: use :func:`run`."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        experiment = cfg.logging.experiment or _experiment_name(cfg)
+        self.run_dir = Path(cfg.run_dir or Path(cfg.logging.dir) / experiment)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        self.offline_path = self.run_dir / "offline.pt"
+
+        self.data, self.env_id, self.ref_scores = _load_dataset(cfg, self.device)
+        self.obs_loc = self.obs_scale = None
+        if cfg.offline.normalize_observations:
+            obs = self.data["observation"]
+            self.obs_loc = obs.mean(0)
+            self.obs_scale = obs.std(0) + 1e-3
+            self._normalise_data()
+        probe = self.make_env(seed=cfg.seed)
+        obs_dim = probe.observation_spec["observation"].shape[-1]
+        if obs_dim != self.data["observation"].shape[-1]:
+            raise SpaceMismatchError(
+                f"{self.env_id} observations have {obs_dim} dims, the dataset's "
+                f"{self.data['observation'].shape[-1]}"
+            )
+        if probe.action_spec.shape[-1] != self.data["action"].shape[-1]:
+            raise SpaceMismatchError(
+                f"{self.env_id} actions have {probe.action_spec.shape[-1]} dims, the dataset's "
+                f"{self.data['action'].shape[-1]}"
+            )
+        self.agent = make_agent(cfg.backbone, obs_dim, probe.action_spec, self.device, cfg.acceleration)
+        probe.close()
+        self.logger = RunLogger(
+            cfg.logging.backend, self.run_dir, experiment, progress=cfg.logging.progress
+        )
+        self.fingerprint = _fingerprint(cfg, self.env_id)
+        self.wall_clock: dict[str, float] = {}
+        self.updates_done: dict[str, int] = {}
+        self.online_data: TensorDictBase | None = None
+
+    # ------------------------------------------------------------------ env & evaluation
+    def _normalise_data(self) -> None:
+        for key in ("observation", ("next", "observation")):
+            self.data.set(key, (self.data.get(key) - self.obs_loc) / self.obs_scale)
+
+    def make_env(self, seed: int):
+        env = make_resumable_env(self.env_id, seed=seed)
+        if self.obs_loc is not None:
+            env.append_transform(
+                ObservationNorm(
+                    loc=self.obs_loc.cpu(), scale=self.obs_scale.cpu(), in_keys=["observation"],
+                    standard_normal=True,
+                )
+            )
+        return env
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Deterministic returns of ``eval.episodes`` episodes on an env seeded by ``step``."""
+        env = self.make_env(seed=self.cfg.seed * 1_000_003 + step + 1)
+        returns = evaluate_policy(
+            self.agent.policy, env, self.cfg.eval.episodes, max_steps=self.cfg.eval.max_steps
+        )
+        env.close()
+        mean_return = float(returns.mean())
+        score = normalized_score(self.cfg.dataset.task, mean_return, ref=self.ref_scores)
+        return {"return": mean_return, "normalized_score": float(score)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, phase: str, step: int, updates: list[UpdateSpec], **extra: Any) -> None:
+        state = {
+            "fingerprint": self.fingerprint,
+            "phase": phase,
+            "step": step,
+            "agent": self.agent.state_dict(),
+            "optimizers": {spec.name: spec.optimizer.state_dict() for spec in updates},
+            "rng": rng_state(self.generator),
+            "history": {k: list(v) for k, v in self.logger.history.items()},
+            "wall_clock": dict(self.wall_clock),
+            "updates_done": dict(self.updates_done),
+            **extra,
+        }
+        if self.online_data is not None:
+            state["online_data"] = _tensordict_state(self.online_data)
+        save_checkpoint(self.checkpoint_path, state)
+
+    def load(self) -> dict | None:
+        if not (self.cfg.checkpoint.resume and self.checkpoint_path.exists()):
+            return None
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        check_fingerprint(state, self.fingerprint, self.checkpoint_path)
+        for key, series in state["history"].items():
+            self.logger.history[key] = [tuple(item) for item in series]
+        self.wall_clock.update(state["wall_clock"])
+        self.updates_done.update(state["updates_done"])
+        if "online_data" in state:
+            self.online_data = _tensordict_from_state(state["online_data"], self.device)
+        return state
+
+    def restore(self, state: dict, updates: list[UpdateSpec]) -> None:
+        """Load agent, optimisers and RNGs (call after every object of the phase exists)."""
+        self.agent.load_state_dict(state["agent"])
+        for spec in updates:
+            spec.optimizer.load_state_dict(state["optimizers"][spec.name])
+        set_rng_state(state["rng"], self.generator)
+
+    def _checkpoint_every(self) -> int:
+        return self.cfg.checkpoint.every
+
+    # ------------------------------------------------------------------ phases
+    def offline_phase(self, state: dict | None) -> None:
+        cfg = self.cfg
+        if cfg.offline.checkpoint:
+            self._load_offline_checkpoint(cfg.offline.checkpoint)
+            return
+        if state is not None and PHASES.index(state["phase"]) > PHASES.index("offline"):
+            return  # the agent's state comes with the later phase's checkpoint
+        start_phase = state["phase"] if state is not None else "vae"
+        if self.agent.vae is not None and start_phase == "vae":
+            vae = self.agent.vae_update()
+            start = 0
+            if state is not None:
+                self.restore(state, [vae])
+                start = state["step"]
+            t0 = time.perf_counter()
+            train_vae(
+                vae.step, self.data, cfg.backbone.vae_steps, cfg.offline.batch_size,
+                generator=self.generator, logger=self.logger, log_every=cfg.logging.log_every,
+                start=start, on_checkpoint=lambda step: self.save("vae", step, [vae]),
+                checkpoint_every=self._checkpoint_every(),
+            )
+            self.wall_clock["vae"] = self.wall_clock.get("vae", 0.0) + time.perf_counter() - t0
+            self.updates_done["vae"] = cfg.backbone.vae_steps
+            state = None
+        updates = self.agent.offline_updates()
+        start = 0
+        if state is not None and state["phase"] == "offline":
+            self.restore(state, updates)
+            start = state["step"]
+        t0 = time.perf_counter()
+        train_offline(
+            self.agent, updates, self.data, cfg.offline.steps, cfg.offline.batch_size,
+            generator=self.generator, logger=self.logger, evaluate=self.evaluate,
+            log_every=cfg.logging.log_every, eval_every=cfg.offline.eval_every, start=start,
+            on_checkpoint=lambda step: self.save("offline", step, updates),
+            checkpoint_every=self._checkpoint_every(),
+        )
+        self.wall_clock["offline"] = self.wall_clock.get("offline", 0.0) + time.perf_counter() - t0
+        self.updates_done["offline"] = cfg.offline.steps
+        self._save_offline_checkpoint()
+
+    def _offline_meta(self) -> dict[str, Any]:
+        return json.loads(json.dumps({
+            "env_id": self.env_id,
+            "backbone": dataclasses.asdict(self.cfg.backbone),
+            "obs_dim": self.agent.obs_dim,
+            "action_dim": self.agent.action_dim,
+            "normalize_observations": self.cfg.offline.normalize_observations,
+        }))
+
+    def _save_offline_checkpoint(self) -> None:
+        state = {
+            "meta": self._offline_meta(),
+            "offline_loss": self.agent.offline_loss.state_dict(),
+            "vae": self.agent.vae.state_dict() if self.agent.vae is not None else {},
+        }
+        if self.obs_loc is not None:
+            state["obs_loc"], state["obs_scale"] = self.obs_loc, self.obs_scale
+        save_checkpoint(self.offline_path, state)
+
+    def _load_offline_checkpoint(self, path: str) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        expected = self._offline_meta()
+        differences = {k: (state["meta"].get(k), v) for k, v in expected.items() if state["meta"].get(k) != v}
+        if differences:
+            raise CheckpointError(
+                f"Offline checkpoint {path} does not match this run: "
+                + ", ".join(f"{k}: checkpoint={a!r} run={b!r}" for k, (a, b) in differences.items())
+            )
+        self.agent.offline_loss.load_state_dict(state["offline_loss"])
+        if self.agent.vae is not None:
+            self.agent.vae.load_state_dict(state["vae"])
+        if self.obs_loc is not None:
+            self.obs_loc, self.obs_scale = state["obs_loc"], state["obs_scale"]
+
+    def _initial_kappa(self) -> KappaSchedule | None:
+        cfg = self.cfg.finetune
+        if not cfg.use_q_on:
+            return None
+        if cfg.kappa.kind == "preset":
+            return kappa_preset(self.cfg.dataset.task, self.cfg.dataset.kind, start_step=cfg.kappa.start)
+        if cfg.kappa.kind == "constant":
+            return KappaSchedule.constant(cfg.kappa.init)
+        return KappaSchedule(cfg.kappa.init, cfg.kappa.end, cfg.kappa.t_decay, cfg.kappa.start)
+
+    def online_phases(self, state: dict | None) -> None:
+        cfg = self.cfg
+        kappa = self._initial_kappa()
+        self.agent.build_finetune_loss(
+            use_q_on=cfg.finetune.use_q_on, kappa=kappa.value(0) if kappa is not None else 0.0
+        )
+        phase = state["phase"] if state is not None else "pretrain"
+        if phase in ("vae", "offline"):
+            state, phase = None, "pretrain"
+        if phase == "pretrain":
+            if self.online_data is None and cfg.online_pretrain.n_tau > 0:
+                env = self.make_env(seed=cfg.seed + 1)
+                t0 = time.perf_counter()
+                self.online_data = collect_online(
+                    env, self.agent.policy, cfg.online_pretrain.n_tau, device=self.device,
+                    logger=self.logger,
+                )
+                env.close()
+                self.wall_clock["collect"] = time.perf_counter() - t0
+                if cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0:
+                    self.save("pretrain", 0, [self.agent.pretrain_update(cfg.online_pretrain)])
+            if cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0:
+                pretrain = self.agent.pretrain_update(cfg.online_pretrain)
+                start = 0
+                if state is not None:
+                    self.restore(state, [pretrain])
+                    start = state["step"]
+                t0 = time.perf_counter()
+                pretrain_online(
+                    pretrain.step, self.data, self.online_data, cfg.online_pretrain.steps,
+                    cfg.online_pretrain.batch_size, generator=self.generator, logger=self.logger,
+                    log_every=cfg.logging.log_every, start=start,
+                    on_checkpoint=lambda step: self.save("pretrain", step, [pretrain]),
+                    checkpoint_every=self._checkpoint_every(),
+                )
+                self.wall_clock["pretrain"] = (
+                    self.wall_clock.get("pretrain", 0.0) + time.perf_counter() - t0
+                )
+                self.updates_done["pretrain"] = cfg.online_pretrain.steps
+            state = None
+        self.finetune_phase(state, kappa)
+
+    def finetune_phase(self, state: dict | None, kappa: KappaSchedule | None) -> None:
+        cfg = self.cfg
+        ft = cfg.finetune
+        agent = self.agent
+        loss = agent.finetune_loss
+        updates = agent.finetune_updates()
+        online_capacity = cfg.online_pretrain.n_tau + ft.env_steps
+        replay = make_replay(
+            ft.replay, self.data, online_capacity, ft.batch_size, device=self.device, seed=cfg.seed
+        )
+        if self.online_data is not None:
+            replay.extend(self.online_data)
+        density = None
+        if ft.replay == "balanced":
+            estimator = DensityRatioEstimator(
+                agent.obs_dim, agent.action_dim, tuple(cfg.backbone.hidden), temperature=ft.temperature
+            ).to(self.device)
+            density = DensityRatioUpdater(
+                estimator, torch.optim.Adam(estimator.parameters(), lr=ft.density_lr), ft.batch_size
+            )
+        if kappa is not None:
+            kappa.attach(loss.kappa)
+        penalty = getattr(loss, "actor_penalty", None)
+        env = self.make_env(seed=cfg.seed + 2)
+        start, update_count = 0, 0
+        if state is not None:
+            env_restore_on_next_reset(env, state["env"])
+        collector = Collector(
+            env,
+            agent.exploration_policy(),
+            frames_per_batch=1,
+            total_frames=-1,
+            policy_device=self.device,
+            storing_device=self.device,
+            exploration_type=ExplorationType.RANDOM,
+        )
+        if state is not None:
+            # restore after the collector exists: its construction may draw random numbers
+            self.restore(state, updates)
+            replay.load_state_dict(state["replay"])
+            if kappa is not None:
+                kappa.load_state_dict(state["kappa"])
+                kappa.write()
+            if density is not None:
+                density.estimator.load_state_dict(state["density"])
+                density.optimizer.load_state_dict(state["density_optimizer"])
+            start, update_count = state["step"], state["update_count"]
+
+        def on_checkpoint(step: int, n_updates: int) -> None:
+            extra = {
+                "update_count": n_updates,
+                "replay": replay.state_dict(),
+                "env": env_snapshot(env),
+            }
+            if kappa is not None:
+                extra["kappa"] = kappa.state_dict()
+            if density is not None:
+                extra["density"] = density.estimator.state_dict()
+                extra["density_optimizer"] = density.optimizer.state_dict()
+            self.save("finetune", step, updates, **extra)
+
+        t0 = time.perf_counter()
+        done = finetune(
+            agent, updates, replay, collector, ft.env_steps, ft.utd,
+            kappa=kappa, density=density, logger=self.logger, evaluate=self.evaluate,
+            log_every=cfg.logging.log_every, eval_every=cfg.eval.every, start=start,
+            update_count=update_count, on_checkpoint=on_checkpoint,
+            checkpoint_every=self._checkpoint_every(),
+            step_penalty=penalty.step if penalty is not None and hasattr(penalty, "step") else None,
+        )
+        collector.shutdown()
+        self.wall_clock["finetune"] = self.wall_clock.get("finetune", 0.0) + time.perf_counter() - t0
+        self.updates_done["finetune"] = done
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict[str, Any]:
+        history = self.logger.history
+        scores = history.get("eval/normalized_score", [])
+        offline_scores = history.get("offline_eval/normalized_score", [])
+        updates_per_s = {
+            phase: self.updates_done[phase] / seconds
+            for phase, seconds in self.wall_clock.items()
+            if phase in self.updates_done and seconds > 0
+        }
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "env_id": self.env_id,
+            "device": str(self.device),
+            "final_normalized_score": scores[-1][1] if scores else None,
+            "best_normalized_score": max(v for _, v in scores) if scores else None,
+            "offline_normalized_score": offline_scores[-1][1] if offline_scores else None,
+            "scores": scores,
+            "wall_clock_s": self.wall_clock,
+            "updates": self.updates_done,
+            "updates_per_s": updates_per_s,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def run(cfg: RunConfig | Any) -> RunResult:
+    """Run the whole pipeline for ``cfg`` (a :class:`RunConfig`, a Hydra config or a dict)."""
+    cfg = to_run_config(cfg)
+    state = None
+    r = _Run(cfg)
+    state = r.load()
+    if state is not None and state["phase"] == "done":
+        summary = json.loads((r.run_dir / "summary.json").read_text())
+        return RunResult(r.run_dir, summary, dict(r.logger.history), r.agent)
+    r.offline_phase(state)
+    if state is not None and state["phase"] in ("vae", "offline"):
+        state = None
+    r.online_phases(state)
+    summary = r.summary()
+    (r.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    r.save("done", 0, [])
+    r.logger.close_phase()
+    return RunResult(r.run_dir, summary, dict(r.logger.history), r.agent)
