@@ -17,8 +17,8 @@ With ``use_q_on=False`` the fine-tuning loss has no online critic: the vanilla f
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tensordict import TensorDictBase
@@ -49,7 +49,7 @@ from torchrl_opt.pipeline.updates import (
     make_step,
 )
 
-__all__ = ["Agent", "UpdateSpec", "make_agent", "BACKBONES"]
+__all__ = ["BACKBONES", "Agent", "UpdateSpec", "make_agent"]
 
 BACKBONES = ("td3", "spot", "iql")
 

@@ -23,10 +23,10 @@ import torch
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
-    "save_checkpoint",
-    "load_checkpoint",
     "check_fingerprint",
+    "load_checkpoint",
     "rng_state",
+    "save_checkpoint",
     "set_rng_state",
 ]
 
@@ -57,7 +57,22 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+    _fsync_directory(path.parent)
     return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = None) -> dict:

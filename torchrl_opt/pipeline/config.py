@@ -8,6 +8,9 @@ the budgets for a CPU demo.
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,7 @@ __all__ = [
     "AccelerationConfig",
     "BackboneConfig",
     "CheckpointConfig",
+    "ConfigError",
     "DatasetConfig",
     "EvalConfig",
     "FinetuneConfig",
@@ -25,8 +29,15 @@ __all__ = [
     "OfflineConfig",
     "OnlinePretrainConfig",
     "RunConfig",
+    "check_types",
     "register_configs",
+    "to_run_config",
 ]
+
+
+class ConfigError(ValueError):
+    """A configuration entry is unknown, of the wrong type or out of its domain; the message names
+    the entry by its dotted key (``finetune.utd``)."""
 
 
 @dataclass
@@ -184,10 +195,67 @@ def register_configs() -> None:
 
 
 def to_run_config(cfg: Any) -> RunConfig:
-    """Turn a Hydra/OmegaConf config (or a dict) into a validated :class:`RunConfig`."""
+    """Turn a Hydra/OmegaConf config (or a dict) into a type-checked :class:`RunConfig`.
+
+    Raises:
+        ConfigError: for an unknown key or a value OmegaConf cannot convert (the message names
+            the key), or a value of the wrong type (see :func:`check_types`).
+    """
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(cfg, RunConfig):
+        check_types(cfg)
         return cfg
-    structured = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
-    return OmegaConf.to_object(structured)
+    try:
+        structured = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        out = OmegaConf.to_object(structured)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        where = f"{key}: " if key else ""
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"bad configuration entry {where}{message}") from err
+    check_types(out)
+    return out
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)
+    return isinstance(value, hint)
+
+
+def check_types(cfg: Any, prefix: str = "") -> None:
+    """Check every field of the dataclass ``cfg`` (recursively) against its annotation.
+
+    ``int`` fields take ints (not bools), ``float`` fields ints or floats, ``X | None`` also
+    ``None``, ``list[int]`` lists of ints. Raises :class:`ConfigError` naming the dotted key.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        key = f"{prefix}{f.name}"
+        value = getattr(cfg, f.name)
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                raise ConfigError(f"{key} must be a {hint.__name__}, got {type(value).__name__}")
+            check_types(value, prefix=f"{key}.")
+        elif not _type_ok(value, hint):
+            name = getattr(hint, "__name__", None) or str(hint)
+            raise ConfigError(f"{key}={value!r} has type {type(value).__name__}; expected {name}")

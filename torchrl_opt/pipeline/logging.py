@@ -7,6 +7,8 @@ at logging points (every ``log_every`` steps), which is the only host synchronis
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -16,7 +18,7 @@ import torch
 from tensordict import TensorDictBase
 from tqdm.auto import tqdm
 
-__all__ = ["RunLogger", "NonFiniteMetricError"]
+__all__ = ["NonFiniteMetricError", "RunLogger"]
 
 LOGGER_BACKENDS = ("csv", "tensorboard", "wandb", "none")
 
@@ -81,6 +83,47 @@ class RunLogger:
                 self._logger.log_scalar(key, value, step=int(step))
         return values
 
+    @property
+    def csv_dir(self) -> Path | None:
+        """Directory of the CSV backend's ``<key>.csv`` files (``None`` for other backends)."""
+        if self.backend != "csv" or self._logger is None:
+            return None
+        return Path(self._logger.experiment.log_dir) / "scalars"
+
+    def restore_history(self, history: Mapping[str, list]) -> None:
+        """Replace :attr:`history` by ``history`` (a checkpoint's) and make the CSV files agree.
+
+        A resumed run continues from its last checkpoint, so rows the killed run logged after it
+        would otherwise be duplicated (the CSV backend appends). Each ``<key>.csv`` is rewritten
+        atomically with exactly the rows of ``history``; CSV files of keys absent from it are
+        removed. Call it before logging anything; a fresh run passes ``{}``. TensorBoard and
+        wandb cannot be rewritten: there, steps between the checkpoint and the kill appear twice.
+        """
+        self.history = defaultdict(list)
+        for key, series in history.items():
+            self.history[key] = [(int(step), float(value)) for step, value in series]
+        csv_dir = self.csv_dir
+        if csv_dir is None:
+            return
+        experiment = self._logger.experiment
+        for handle in experiment.files.values():
+            handle.close()
+        experiment.files.clear()
+        experiment.scalars.clear()
+        if csv_dir.is_dir():
+            for path in csv_dir.rglob("*.csv"):
+                key = path.relative_to(csv_dir).with_suffix("").as_posix()
+                if key not in self.history:
+                    path.unlink()
+        for key, series in self.history.items():
+            experiment.scalars[key] = list(series)
+            path = csv_dir / f"{key}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "w") as handle:
+                handle.writelines(f"{step},{value}\n" for step, value in series)
+            os.replace(tmp_name, path)
+
     def last(self, key: str) -> float | None:
         series = self.history.get(key)
         return series[-1][1] if series else None
@@ -111,15 +154,23 @@ class RunLogger:
 
 
 def _as_floats(metrics: Mapping[str, float] | TensorDictBase) -> dict[str, float]:
+    """Python floats of ``metrics`` (non-scalar tensors are averaged), with one host sync in all:
+    the tensors are stacked in float64 (exact for float32 values) and read with one ``tolist``."""
     if isinstance(metrics, TensorDictBase):
         items = [("/".join(k) if isinstance(k, tuple) else k, v) for k, v in metrics.items(True, True)]
     else:
         items = list(metrics.items())
-    out = {}
+    out: dict[str, float] = {}
+    tensors: dict[str, torch.Tensor] = {}
     for name, value in items:
         if isinstance(value, torch.Tensor):
+            value = value.detach()
             if value.numel() != 1:
                 value = value.float().mean()
-            value = value.item()
-        out[name] = float(value)
-    return out
+            tensors[name] = value.reshape(()).double()
+        out[name] = value
+    if tensors:
+        devices = {t.device for t in tensors.values()}
+        stacked = torch.stack([t.to(next(iter(devices))) for t in tensors.values()]).tolist()
+        out.update(zip(tensors, stacked))
+    return {name: float(value) for name, value in out.items()}

@@ -28,14 +28,14 @@ from torchrl_opt.pipeline.updates import StepFn
 from torchrl_opt.schedules import KappaSchedule
 
 __all__ = [
+    "DensityRatioUpdater",
     "EvalFn",
+    "collect_online",
+    "finetune",
+    "pretrain_online",
+    "sample_uniform",
     "train_offline",
     "train_vae",
-    "collect_online",
-    "pretrain_online",
-    "finetune",
-    "DensityRatioUpdater",
-    "sample_uniform",
 ]
 
 #: ``evaluate(step) -> {"return": ..., "normalized_score": ...}``
@@ -64,6 +64,19 @@ def _merge(metrics: dict) -> TensorDictBase:
     for out in metrics.values():
         merged.update({k: v for k, v in out.items()})
     return TensorDict(merged, batch_size=[])
+
+
+def _schedule_values(agent: Agent, kappa: KappaSchedule | None) -> dict[str, torch.Tensor]:
+    """The values the fine-tuning loss reads from its schedule buffers: ``kappa`` (the loss's
+    ``kappa`` buffer, when a schedule drives it) and SPOT's cooled ``lambda``."""
+    loss = getattr(agent, "finetune_loss", None)
+    out: dict[str, torch.Tensor] = {}
+    if kappa is not None and isinstance(getattr(loss, "kappa", None), torch.Tensor):
+        out["kappa"] = loss.kappa.detach().clone()
+    penalty = getattr(loss, "actor_penalty", None)
+    if penalty is not None and isinstance(getattr(penalty, "lambda_", None), torch.Tensor):
+        out["spot_lambda"] = penalty.lambda_.detach().clone()
+    return out
 
 
 def _due(step: int, every: int) -> bool:
@@ -161,6 +174,9 @@ def collect_online(
         policy_device=device,
         storing_device=device,
         exploration_type=exploration_type,
+        # the policies read no recurrent/init state: keep the env as built (TorchRL 0.15 would
+        # otherwise append an InitTracker, changing the env's keys)
+        auto_register_policy_transforms=False,
     )
     chunks = []
     collected = 0
@@ -276,7 +292,9 @@ def finetune(
                     metrics["density"] = TensorDict(loss_density=density(replay, sample))
                 update_count += 1
             if _due(env_step, log_every) or env_step == env_steps:
-                values = logger.log(_merge(metrics), env_step, prefix="finetune")
+                merged = _merge(metrics)
+                merged.update(_schedule_values(agent, kappa))
+                values = logger.log(merged, env_step, prefix="finetune")
                 logger.advance(0, q_on=values.get("pred_value_on", float("nan")))
             if _due(env_step, eval_every) or env_step == env_steps:
                 result = evaluate(env_step)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,20 +40,30 @@ from torchrl_opt.data.datasets import (
 from torchrl_opt.data.generate import ensure_dataset
 from torchrl_opt.data.replay import TRANSITION_KEYS, DensityRatioEstimator, make_replay
 from torchrl_opt.data.scores import normalized_score
-from torchrl_opt.env_state import env_restore_on_next_reset, env_snapshot, make_resumable_env
+from torchrl_opt.env_state import (
+    env_restore_on_next_reset,
+    env_snapshot,
+    make_resumable_env,
+)
 from torchrl_opt.envs import evaluate_policy
 from torchrl_opt.objectives.meta import META_MODES
 from torchrl_opt.pipeline.agents import BACKBONES, Agent, UpdateSpec, make_agent
 from torchrl_opt.pipeline.checkpoint import (
     CheckpointError,
+    CheckpointMismatchError,
     check_fingerprint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from torchrl_opt.pipeline.config import RunConfig, to_run_config
-from torchrl_opt.pipeline.logging import RunLogger
+from torchrl_opt.pipeline.config import (
+    ConfigError,
+    RunConfig,
+    check_types,
+    to_run_config,
+)
+from torchrl_opt.pipeline.logging import LOGGER_BACKENDS, RunLogger
 from torchrl_opt.pipeline.phases import (
     DensityRatioUpdater,
     collect_online,
@@ -60,17 +72,23 @@ from torchrl_opt.pipeline.phases import (
     train_offline,
     train_vae,
 )
-from torchrl_opt.schedules import KappaSchedule, kappa_preset
+from torchrl_opt.schedules import (
+    KappaSchedule,
+    UnknownKappaPresetError,
+    kappa_preset,
+    kappa_preset_config,
+)
 
-__all__ = ["run", "RunResult", "resolve_device", "ConfigError"]
+__all__ = ["ConfigError", "RunResult", "resolve_device", "run"]
 
 PHASES = ("vae", "offline", "pretrain", "finetune", "done")
+_CHECKPOINT_KEYS = (
+    "fingerprint", "phase", "step", "agent", "optimizers", "rng", "history", "wall_clock",
+    "updates_done",
+)
 REPLAYS = ("balanced", "symmetric", "online", "uniform")
 KAPPA_KINDS = ("preset", "linear", "constant")
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of its domain."""
+DATASET_SOURCES = ("generated", "minari", "local_minari", "d4rl_hdf5")
 
 
 @dataclass
@@ -92,36 +110,122 @@ def resolve_device(name: str) -> torch.device:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Reject out-of-domain values with the offending key named."""
-    checks = [
+    """Reject unknown types and out-of-domain values before any work, naming the offending key.
+
+    Raises:
+        ConfigError: the first bad entry, e.g. ``finetune.utd must be >= 1, got 0``.
+    """
+    check_types(cfg)
+    choices = [
         ("backbone.name", cfg.backbone.name, BACKBONES),
         ("finetune.replay", cfg.finetune.replay, REPLAYS),
         ("finetune.kappa.kind", cfg.finetune.kappa.kind, KAPPA_KINDS),
         ("online_pretrain.mode", cfg.online_pretrain.mode, META_MODES),
         ("online_pretrain.order", cfg.online_pretrain.order, (1, 2)),
+        ("dataset.source", cfg.dataset.source, DATASET_SOURCES),
+        ("logging.backend", cfg.logging.backend, LOGGER_BACKENDS),
     ]
-    for key, value, allowed in checks:
+    for key, value, allowed in choices:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {allowed}")
-    for key, value in [
+    non_negative = [
+        ("seed", cfg.seed),
+        ("dataset.generation_seed", cfg.dataset.generation_seed),
+        ("backbone.vae_steps", cfg.backbone.vae_steps),
         ("offline.steps", cfg.offline.steps),
+        ("offline.eval_every", cfg.offline.eval_every),
         ("online_pretrain.n_tau", cfg.online_pretrain.n_tau),
         ("online_pretrain.steps", cfg.online_pretrain.steps),
         ("finetune.env_steps", cfg.finetune.env_steps),
-    ]:
+        ("finetune.kappa.t_decay", cfg.finetune.kappa.t_decay),
+        ("finetune.kappa.start", cfg.finetune.kappa.start),
+        ("eval.every", cfg.eval.every),
+        ("logging.log_every", cfg.logging.log_every),
+        ("checkpoint.every", cfg.checkpoint.every),
+        ("acceleration.warmup", cfg.acceleration.warmup),
+    ]
+    for key, value in non_negative:
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
-    for key, value in [
+    positive = [
+        ("dataset.size", cfg.dataset.size),
+        ("backbone.actor_delay", cfg.backbone.actor_delay),
+        ("backbone.spot_cooling_steps", cfg.backbone.spot_cooling_steps),
         ("finetune.utd", cfg.finetune.utd),
         ("eval.episodes", cfg.eval.episodes),
+        ("eval.max_steps", cfg.eval.max_steps),
         ("offline.batch_size", cfg.offline.batch_size),
         ("finetune.batch_size", cfg.finetune.batch_size),
         ("online_pretrain.batch_size", cfg.online_pretrain.batch_size),
+        ("backbone.actor_lr", cfg.backbone.actor_lr),
+        ("backbone.critic_lr", cfg.backbone.critic_lr),
+        ("backbone.value_lr", cfg.backbone.value_lr),
+        ("backbone.vae_lr", cfg.backbone.vae_lr),
+        ("online_pretrain.lr", cfg.online_pretrain.lr),
+        ("online_pretrain.alpha", cfg.online_pretrain.alpha),
+        ("finetune.density_lr", cfg.finetune.density_lr),
+        ("finetune.temperature", cfg.finetune.temperature),
+        ("backbone.temperature", cfg.backbone.temperature),
+        ("backbone.policy_noise", cfg.backbone.policy_noise),
+        ("backbone.noise_clip", cfg.backbone.noise_clip),
+    ]
+    for key, value in positive:
+        if not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    for key, value in [("backbone.hidden", cfg.backbone.hidden), ("backbone.vae_hidden", cfg.backbone.vae_hidden)]:
+        if not value or any(width < 1 for width in value):
+            raise ConfigError(f"{key} must be a non-empty list of positive widths, got {value}")
+    unit_closed = [
+        ("backbone.tau", cfg.backbone.tau, False),
+        ("backbone.gamma", cfg.backbone.gamma, False),
+        ("backbone.spot_lambda_end", cfg.backbone.spot_lambda_end, True),
+        ("finetune.kappa.init", cfg.finetune.kappa.init, True),
+        ("finetune.kappa.end", cfg.finetune.kappa.end, True),
+    ]
+    for key, value, zero_ok in unit_closed:
+        if not ((0 <= value if zero_ok else 0 < value) and value <= 1):
+            interval = "[0, 1]" if zero_ok else "(0, 1]"
+            raise ConfigError(f"{key} must lie in {interval}, got {value}")
+    if not 0 < cfg.backbone.expectile < 1:
+        raise ConfigError(f"backbone.expectile must lie in (0, 1), got {cfg.backbone.expectile}")
+    for key, value in [
+        ("backbone.bc_alpha", cfg.backbone.bc_alpha),
+        ("backbone.online_bc_alpha", cfg.backbone.online_bc_alpha),
+        ("backbone.exploration_noise", cfg.backbone.exploration_noise),
+        ("backbone.spot_lambda", cfg.backbone.spot_lambda),
+        ("backbone.vae_beta", cfg.backbone.vae_beta),
     ]:
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
+        if value is not None and value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
     if cfg.finetune.replay == "online" and cfg.online_pretrain.n_tau == 0:
         raise ConfigError("finetune.replay='online' needs online_pretrain.n_tau > 0 to start sampling")
+    if cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0 and cfg.online_pretrain.n_tau == 0:
+        raise ConfigError(
+            "online_pretrain.n_tau must be > 0 when online_pretrain.steps > 0 and "
+            "finetune.use_q_on: online pre-training samples B_on"
+        )
+    if cfg.dataset.source == "d4rl_hdf5" and not cfg.dataset.path:
+        raise ConfigError("dataset.source='d4rl_hdf5' needs dataset.path")
+    if cfg.offline.checkpoint is not None and not Path(cfg.offline.checkpoint).is_file():
+        raise ConfigError(
+            f"offline.checkpoint={cfg.offline.checkpoint!r}: no such file (point it at the "
+            "offline.pt of a finished run, or leave it unset to train offline)"
+        )
+    if cfg.finetune.use_q_on and cfg.finetune.kappa.kind == "preset":
+        try:
+            kappa_preset_config(cfg.dataset.task, cfg.dataset.kind)
+        except UnknownKappaPresetError as err:
+            raise ConfigError(
+                f"finetune.kappa.kind='preset' but there is no preset for "
+                f"{cfg.dataset.task}/{cfg.dataset.kind}: set finetune.kappa.kind to 'linear' or "
+                f"'constant' ({err})"
+            ) from err
+    try:
+        resolve_device(cfg.device)
+    except (RuntimeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"device={cfg.device!r} is not a valid torch device: {err}") from err
 
 
 def _fingerprint(cfg: RunConfig, env_id: str) -> dict[str, Any]:
@@ -172,6 +276,19 @@ def _load_dataset(cfg: RunConfig, device: torch.device) -> tuple[TensorDictBase,
     if meta.ref_min_score is not None and meta.ref_max_score is not None:
         ref = (meta.ref_min_score, meta.ref_max_score)
     return data, cfg.env_id or meta.env_id or entry.env_id, ref
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON to ``path`` through a temporary file and ``os.replace``."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, default=str)
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
 
 
 def _tensordict_state(td: TensorDictBase) -> dict:
@@ -272,12 +389,32 @@ class _Run:
         save_checkpoint(self.checkpoint_path, state)
 
     def load(self) -> dict | None:
+        """The run's checkpoint when resuming (``None`` for a fresh start), checked against the
+        configuration; the logger's history (and CSV files) are reset to the checkpoint's.
+
+        Tensors are loaded on the CPU (RNG states must be CPU byte tensors) and copied to the
+        device by the ``load_state_dict`` calls of :meth:`restore`. Nothing on disk is modified
+        before the checkpoint has loaded and matched.
+        """
         if not (self.cfg.checkpoint.resume and self.checkpoint_path.exists()):
+            self.logger.restore_history({})
             return None
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        check_fingerprint(state, self.fingerprint, self.checkpoint_path)
-        for key, series in state["history"].items():
-            self.logger.history[key] = [tuple(item) for item in series]
+        hint = (
+            " Set checkpoint.resume=false (or use another run_dir) to start this run afresh; "
+            "the files in the run directory were left untouched."
+        )
+        try:
+            state = load_checkpoint(self.checkpoint_path, map_location="cpu")
+            check_fingerprint(state, self.fingerprint, self.checkpoint_path)
+            missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+            if missing or state["phase"] not in PHASES:
+                raise CheckpointError(
+                    f"Checkpoint {self.checkpoint_path} lacks entries {missing} or has an unknown "
+                    f"phase {state.get('phase')!r}"
+                )
+        except CheckpointError as err:
+            raise type(err)(f"{err}.{hint}") from err
+        self.logger.restore_history(state["history"])
         self.wall_clock.update(state["wall_clock"])
         self.updates_done.update(state["updates_done"])
         if "online_data" in state:
@@ -291,8 +428,27 @@ class _Run:
             spec.optimizer.load_state_dict(state["optimizers"][spec.name])
         set_rng_state(state["rng"], self.generator)
 
+    def restore_finished(self, state: dict) -> None:
+        """Load the final agent of a finished run (its fine-tuning loss included)."""
+        if not (self.run_dir / "summary.json").is_file():
+            raise CheckpointError(
+                f"{self.checkpoint_path} marks the run finished but {self.run_dir / 'summary.json'} "
+                "is missing"
+            )
+        kappa = self._initial_kappa()
+        self.agent.build_finetune_loss(
+            use_q_on=self.cfg.finetune.use_q_on, kappa=kappa.value(0) if kappa is not None else 0.0
+        )
+        self.agent.load_state_dict(state["agent"])
+
     def _checkpoint_every(self) -> int:
         return self.cfg.checkpoint.every
+
+    def _save_phase_end(self, phase: str, steps: int, updates: list[UpdateSpec]) -> None:
+        """Checkpoint the end of a phase unless the periodic checkpoint just did."""
+        every = self._checkpoint_every()
+        if every == 0 or steps % every != 0:
+            self.save(phase, steps, updates)
 
     # ------------------------------------------------------------------ phases
     def offline_phase(self, state: dict | None) -> None:
@@ -318,6 +474,7 @@ class _Run:
             )
             self.wall_clock["vae"] = self.wall_clock.get("vae", 0.0) + time.perf_counter() - t0
             self.updates_done["vae"] = cfg.backbone.vae_steps
+            self._save_phase_end("vae", cfg.backbone.vae_steps, [vae])
             state = None
         updates = self.agent.offline_updates()
         start = 0
@@ -334,6 +491,7 @@ class _Run:
         )
         self.wall_clock["offline"] = self.wall_clock.get("offline", 0.0) + time.perf_counter() - t0
         self.updates_done["offline"] = cfg.offline.steps
+        self._save_phase_end("offline", cfg.offline.steps, updates)
         self._save_offline_checkpoint()
 
     def _offline_meta(self) -> dict[str, Any]:
@@ -356,11 +514,20 @@ class _Run:
         save_checkpoint(self.offline_path, state)
 
     def _load_offline_checkpoint(self, path: str) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+        """Load a finished offline phase (``offline.pt``) instead of training it.
+
+        Raises:
+            CheckpointError: for a missing, corrupt or malformed file.
+            CheckpointMismatchError: when it was trained for another env, backbone or spaces.
+        """
+        state = load_checkpoint(path, map_location="cpu")
+        missing = [k for k in ("meta", "offline_loss", "vae") if k not in state]
+        if missing:
+            raise CheckpointError(f"Offline checkpoint {path} lacks entries {missing}")
         expected = self._offline_meta()
         differences = {k: (state["meta"].get(k), v) for k, v in expected.items() if state["meta"].get(k) != v}
         if differences:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"Offline checkpoint {path} does not match this run: "
                 + ", ".join(f"{k}: checkpoint={a!r} run={b!r}" for k, (a, b) in differences.items())
             )
@@ -368,7 +535,8 @@ class _Run:
         if self.agent.vae is not None:
             self.agent.vae.load_state_dict(state["vae"])
         if self.obs_loc is not None:
-            self.obs_loc, self.obs_scale = state["obs_loc"], state["obs_scale"]
+            self.obs_loc = state["obs_loc"].to(self.device)
+            self.obs_scale = state["obs_scale"].to(self.device)
 
     def _initial_kappa(self) -> KappaSchedule | None:
         cfg = self.cfg.finetune
@@ -419,6 +587,7 @@ class _Run:
                     self.wall_clock.get("pretrain", 0.0) + time.perf_counter() - t0
                 )
                 self.updates_done["pretrain"] = cfg.online_pretrain.steps
+                self._save_phase_end("pretrain", cfg.online_pretrain.steps, [pretrain])
             state = None
         self.finetune_phase(state, kappa)
 
@@ -429,8 +598,10 @@ class _Run:
         loss = agent.finetune_loss
         updates = agent.finetune_updates()
         online_capacity = cfg.online_pretrain.n_tau + ft.env_steps
+        # check_priorities=False: validating priorities costs a host sync per update
         replay = make_replay(
-            ft.replay, self.data, online_capacity, ft.batch_size, device=self.device, seed=cfg.seed
+            ft.replay, self.data, online_capacity, ft.batch_size, device=self.device, seed=cfg.seed,
+            check_priorities=False,
         )
         if self.online_data is not None:
             replay.extend(self.online_data)
@@ -457,10 +628,15 @@ class _Run:
             policy_device=self.device,
             storing_device=self.device,
             exploration_type=ExplorationType.RANDOM,
+            # the policies read no recurrent/init state: keep the env as built (TorchRL 0.15 would
+            # otherwise append an InitTracker, changing the env's keys)
+            auto_register_policy_transforms=False,
         )
         if state is not None:
             # restore after the collector exists: its construction may draw random numbers
             self.restore(state, updates)
+            # in place into the storage built above (keeps its device); the flat TensorDict
+            # state keeps its ``_metadata`` attribute, which TensorDict needs to unflatten it
             replay.load_state_dict(state["replay"])
             if kappa is not None:
                 kappa.load_state_dict(state["kappa"])
@@ -528,6 +704,7 @@ def run(cfg: RunConfig | Any) -> RunResult:
     r = _Run(cfg)
     state = r.load()
     if state is not None and state["phase"] == "done":
+        r.restore_finished(state)
         summary = json.loads((r.run_dir / "summary.json").read_text())
         return RunResult(r.run_dir, summary, dict(r.logger.history), r.agent)
     r.offline_phase(state)
@@ -535,7 +712,7 @@ def run(cfg: RunConfig | Any) -> RunResult:
         state = None
     r.online_phases(state)
     summary = r.summary()
-    (r.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _write_json_atomic(r.run_dir / "summary.json", summary)
     r.save("done", 0, [])
     r.logger.close_phase()
     return RunResult(r.run_dir, summary, dict(r.logger.history), r.agent)
