@@ -1,0 +1,347 @@
+"""The Hydra recipes (``recipes/opt.py`` + ``recipes/config``).
+
+Every paper preset composes (Hydra compose API) into a valid ``RunConfig``; its kappa schedule,
+backbone, UTD, SPOT lambda, discount and LayerNorm match the paper (expected values hand-copied
+from Appendix H Table 15 / Appendix A.1 / SPOT, independent of the library's tables); every
+ablation composes with the intended change; bad keys are rejected naming the key; and a tiny real
+run of the recipe as a subprocess writes ``summary.json`` (``-k "not subprocess"`` deselects it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from torchrl_opt.pipeline.config import RunConfig
+from torchrl_opt.schedules import KappaSchedule, kappa_preset
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "opt.py"
+CONFIG_DIR = REPO / "recipes" / "config"
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("opt_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # registers the schema and the resolvers
+    return module
+
+
+recipe = _load_recipe()
+
+# ---------------------------------------------------------------- expected values (hand-copied)
+# Appendix H, Table 15: (kappa_init, T_decay, kappa_end); MuJoCo random "-" = constant 1.0.
+TABLE_15 = {
+    "random": (1.0, 0, 1.0),
+    "medium": (0.3, 150_000, 0.9),
+    "medium-replay": (0.1, 150_000, 0.9),
+    "umaze": (0.1, 100_000, 0.9),
+    "umaze-diverse": (0.1, 100_000, 0.9),
+    "medium-play": (0.1, 100_000, 0.9),
+    "medium-diverse": (0.1, 100_000, 0.9),
+    "large-play": (0.1, 100_000, 0.9),
+    "large-diverse": (0.1, 200_000, 0.9),
+    "cloned": (0.1, 250_000, 0.9),
+}
+# SPOT (Wu et al. 2022) AntMaze lambdas.
+SPOT_LAMBDA = {
+    "umaze": 0.25,
+    "umaze-diverse": 0.25,
+    "medium-play": 0.05,
+    "medium-diverse": 0.025,
+    "large-play": 0.025,
+    "large-diverse": 0.025,
+}
+MUJOCO = [(env, ds) for env in ("halfcheetah", "hopper", "walker2d")
+          for ds in ("random", "medium", "medium-replay")]
+ANTMAZE = [("antmaze", ds) for ds in SPOT_LAMBDA]
+ADROIT = [(env, "cloned") for env in ("pen", "hammer", "door", "relocate")]
+PAPER_BACKBONE = {**{t: "td3" for t, _ in MUJOCO}, "antmaze": "spot",
+                  **{t: "spot" for t, _ in ADROIT}}
+PAPER_TASKS = MUJOCO + ANTMAZE + ADROIT
+# (env, dataset, backbone): the paper's backbone for each task, and IQL (+OPT) on every task.
+COMBOS = [(e, d, PAPER_BACKBONE[e]) for e, d in PAPER_TASKS] + [(e, d, "iql") for e, d in PAPER_TASKS]
+ABLATIONS = [p.stem for p in (CONFIG_DIR / "ablation").glob("*.yaml")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hydra():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        yield
+
+
+def _compose(*overrides: str):
+    return compose(config_name="opt", overrides=list(overrides))
+
+
+def _run_config(*overrides: str) -> RunConfig:
+    return recipe.make_run_config(_compose(*overrides))
+
+
+def _domain(env: str) -> str:
+    return "mujoco" if env in ("halfcheetah", "hopper", "walker2d") else (
+        "antmaze" if env == "antmaze" else "adroit")
+
+
+def _check_schedule(schedule: KappaSchedule, init: float, t_decay: int, end: float) -> None:
+    """The schedule's values at 0, T/2, T and 2T equal the linear ramp of (init, T, end)."""
+    assert schedule.value(0) == pytest.approx(init)
+    if t_decay:
+        assert schedule.value(t_decay // 2) == pytest.approx(init + 0.5 * (end - init))
+    assert schedule.value(t_decay) == pytest.approx(end)
+    assert schedule.value(2 * t_decay + 1) == pytest.approx(end)
+
+
+# ---------------------------------------------------------------- presets
+@pytest.mark.parametrize("env,dataset,backbone", COMBOS)
+def test_preset_resolves_to_paper_settings(env, dataset, backbone):
+    cfg = _run_config(f"env={env}", f"dataset={dataset}", f"backbone={backbone}", "scale=paper")
+    assert isinstance(cfg, RunConfig)
+    assert (cfg.dataset.task, cfg.dataset.kind, cfg.backbone.name) == (env, dataset, backbone)
+    domain = _domain(env)
+    assert cfg.dataset.source == ("generated" if domain == "mujoco" else "minari")
+    assert cfg.backbone.layer_norm is (domain == "adroit")
+    assert cfg.backbone.gamma == (0.995 if dataset.startswith("large") else 0.99)
+    if domain == "antmaze":
+        assert cfg.backbone.spot_lambda == SPOT_LAMBDA[dataset]
+    assert cfg.finetune.use_q_on is True
+    assert cfg.finetune.replay == "balanced"
+    assert cfg.online_pretrain.mode == "meta"
+    # kappa: the preset is resolved at run time from the single table (nothing copied to YAML)
+    assert cfg.finetune.kappa.kind == "preset"
+    _check_schedule(kappa_preset(cfg.dataset.task, cfg.dataset.kind, cfg.finetune.kappa.start),
+                    *TABLE_15[dataset])
+    assert cfg.finetune.utd == (5 if domain == "mujoco" else 1)
+    assert cfg.offline.steps == 1_000_000
+    assert cfg.online_pretrain.n_tau == 25_000
+    assert cfg.online_pretrain.steps == 50_000
+    assert cfg.finetune.env_steps == 275_000
+    assert (cfg.eval.every, cfg.eval.episodes) == (5_000, 10)
+    assert cfg.backbone.hidden == [256, 256]
+    assert cfg.offline.batch_size == cfg.finetune.batch_size == 256
+
+
+@pytest.mark.parametrize("env,dataset", PAPER_TASKS)
+def test_env_selects_paper_backbone(env, dataset):
+    """Without ``backbone=``, each env picks its paper backbone; the demo scale composes too."""
+    cfg = _run_config(f"env={env}", f"dataset={dataset}")
+    assert cfg.backbone.name == PAPER_BACKBONE[env]
+    assert cfg.backbone.hidden == [64, 64] and cfg.finetune.utd == 1
+    assert cfg.backbone.layer_norm is (_domain(env) == "adroit")
+
+
+def test_default_is_small_complete_demo():
+    cfg = _run_config()
+    assert (cfg.dataset.task, cfg.dataset.kind, cfg.dataset.source) == ("hopper", "random", "generated")
+    assert cfg.backbone.name == "td3" and cfg.finetune.use_q_on
+    assert max(cfg.backbone.hidden) <= 64
+    # every phase runs, with small budgets
+    assert 1_000 <= cfg.offline.steps <= 5_000
+    assert 1_000 <= cfg.online_pretrain.n_tau <= 2_000
+    assert 100 <= cfg.online_pretrain.steps <= 1_000
+    assert 2_000 <= cfg.finetune.env_steps <= 3_000
+    assert cfg.eval.episodes <= 5 and cfg.eval.every <= cfg.finetune.env_steps
+    assert cfg.dataset.size <= 100_000
+    assert cfg.run_dir is None  # filled with Hydra's output dir by the recipe
+
+
+def test_task_selection_from_cli_example():
+    cfg = _run_config("env=walker2d", "dataset=random", "backbone=td3")
+    assert (cfg.dataset.task, cfg.dataset.kind, cfg.backbone.name) == ("walker2d", "random", "td3")
+    assert cfg.finetune.utd == 1  # demo scale lowers UTD ...
+    assert _run_config("env=walker2d", "scale=paper").finetune.utd == 5  # ... the paper keeps 5
+
+
+def test_make_run_config_uses_output_dir(tmp_path):
+    assert recipe.make_run_config(_compose(), str(tmp_path)).run_dir == str(tmp_path)
+    explicit = recipe.make_run_config(_compose(f"run_dir={tmp_path / 'x'}"), str(tmp_path))
+    assert explicit.run_dir == str(tmp_path / "x")
+
+
+# ---------------------------------------------------------------- methods and ablations
+def test_methods():
+    assert _run_config("method=opt").finetune.use_q_on is True
+    assert _run_config("method=baseline").finetune.use_q_on is False
+
+
+def test_every_paper_ablation_has_a_file():
+    expected = {"none", "qon_random_init", "qon_bon_only", "qon_joint", "no_qon", "kappa_fixed_0",
+                "kappa_fixed_05", "kappa_fixed_1", "kappa_end_08", "kappa_end_07",
+                "replay_online", "replay_symmetric", "replay_uniform"}
+    assert set(ABLATIONS) == expected
+
+
+@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
+def test_ablation_composes(ablation):
+    base = _run_config("env=antmaze", "dataset=large-diverse")
+    cfg = _run_config("env=antmaze", "dataset=large-diverse", f"ablation={ablation}")
+    changes = {
+        "none": {},
+        "qon_random_init": {"online_pretrain.steps": 0},
+        "qon_bon_only": {"online_pretrain.mode": "online"},
+        "qon_joint": {"online_pretrain.mode": "joint"},
+        "no_qon": {"finetune.use_q_on": False},
+        "kappa_fixed_0": {"finetune.kappa.kind": "constant", "finetune.kappa.init": 0.0,
+                          "finetune.kappa.end": 0.0},
+        "kappa_fixed_05": {"finetune.kappa.kind": "constant", "finetune.kappa.init": 0.5,
+                           "finetune.kappa.end": 0.5},
+        "kappa_fixed_1": {"finetune.kappa.kind": "constant", "finetune.kappa.init": 1.0,
+                          "finetune.kappa.end": 1.0},
+        # T_decay stays Table 15's 200k of large-diverse
+        "kappa_end_08": {"finetune.kappa.kind": "linear", "finetune.kappa.init": 0.1,
+                         "finetune.kappa.end": 0.8, "finetune.kappa.t_decay": 200_000},
+        "kappa_end_07": {"finetune.kappa.kind": "linear", "finetune.kappa.init": 0.1,
+                         "finetune.kappa.end": 0.7, "finetune.kappa.t_decay": 200_000},
+        "replay_online": {"finetune.replay": "online"},
+        "replay_symmetric": {"finetune.replay": "symmetric"},
+        "replay_uniform": {"finetune.replay": "uniform"},
+    }[ablation]
+
+    def get(c, dotted):
+        for part in dotted.split("."):
+            c = getattr(c, part)
+        return c
+
+    for key, value in changes.items():
+        assert get(cfg, key) == value, key
+    # nothing else moved
+    from dataclasses import asdict
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    moved = {k for (k, v), (_, w) in zip(flat(asdict(base)), flat(asdict(cfg))) if v != w}
+    assert moved == {k for k in changes if get(base, k) != changes[k]}
+
+
+def test_linear_kappa_ablation_uses_the_task_t_decay():
+    cfg = _run_config("env=hopper", "dataset=medium", "ablation=kappa_end_07")
+    k = cfg.finetune.kappa
+    _check_schedule(KappaSchedule(k.init, k.end, k.t_decay, k.start), 0.1, 150_000, 0.7)
+
+
+def test_ablations_combine_and_override_on_cli():
+    cfg = _run_config("ablation=[qon_joint,replay_online]", "online_pretrain.n_tau=6250",
+                      "finetune.kappa.kind=constant", "finetune.kappa.init=0.5",
+                      "finetune.kappa.end=0.5", "seed=3")
+    assert (cfg.online_pretrain.mode, cfg.finetune.replay) == ("joint", "online")
+    assert cfg.online_pretrain.n_tau == 6250 and cfg.seed == 3
+    assert (cfg.finetune.kappa.kind, cfg.finetune.kappa.init) == ("constant", 0.5)
+
+
+def test_offline_checkpoint_override(tmp_path):
+    path = str(tmp_path / "offline.pt")
+    assert _run_config(f"offline.checkpoint={path}").offline.checkpoint == path
+
+
+# ---------------------------------------------------------------- rejections
+def test_misspelt_key_is_rejected_naming_it():
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose("finetune.utdd=3")
+    assert "utdd" in str(err.value) or "utdd" in str(err.value.__cause__)
+
+
+def test_wrong_type_is_rejected_naming_the_key():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        _run_config("finetune.utd=many")
+    text = str(err.value) + str(err.value.__cause__)
+    assert "utd" in text
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(MissingConfigException) as err:
+        _compose("env=atari")
+    assert "atari" in str(err.value)
+
+
+@pytest.mark.parametrize("override,key", [("+threads=4", "threads"), ("+finetune.foo=1", "foo")])
+def test_added_keys_are_rejected_by_the_schema(override, key):
+    """``+key=...`` passes Hydra's composition; converting to RunConfig rejects it."""
+    cfg = _compose(override)
+    # torchrl_opt's ConfigError (a ValueError) or OmegaConf's ConfigKeyError, naming the key
+    with pytest.raises((ValueError, ConfigKeyError), match=key):
+        recipe.make_run_config(cfg)
+
+
+# ---------------------------------------------------------------- resolvers
+def test_run_name_resolver():
+    assert recipe._run_name("td3", "opt", "demo", "none", "") == "td3-opt-demo"
+    assert recipe._run_name("spot", "baseline", "paper", ["qon_joint", "replay_online"],
+                            "online_pretrain.n_tau_6250+dataset.path_d/x.hdf5") == (
+        "spot-baseline-paper-qon_joint+replay_online-online_pretrain.n_tau_6250+dataset.path_d_x.hdf5")
+
+
+def test_kappa_resolver_reads_table_15():
+    assert recipe._kappa_field("antmaze", "large-diverse", "T_decay") == 200_000
+    assert recipe._kappa_field("pen", "cloned", "kappa_init") == pytest.approx(0.1)
+    with pytest.raises(KeyError, match="unknown field"):
+        recipe._kappa_field("pen", "cloned", "t_decay")
+
+
+# ---------------------------------------------------------------- a real (tiny) run
+TINY = [
+    "dataset.size=2000", "offline.steps=40", "offline.eval_every=40", "online_pretrain.n_tau=150",
+    "online_pretrain.steps=10", "finetune.env_steps=120", "eval.every=60", "eval.episodes=1",
+    "eval.max_steps=100", "logging.log_every=20", "logging.progress=false", "checkpoint.every=0",
+]
+
+
+def _recipe(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari"), "RL_WARNINGS": "False",
+           "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, str(RECIPE), *TINY, *overrides], cwd=tmp_path, env=env, check=False,
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.timeout(300)
+def test_recipe_subprocess_run_writes_summary_and_resumes(tmp_path):
+    """``python recipes/opt.py`` from another directory: a complete tiny OPT run.
+
+    Then the same command again: the deterministic run directory makes it find the finished run
+    and print the same summary without training. Then the baseline from the run's offline.pt.
+    """
+    proc = _recipe(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "hopper-random" / (
+        # Hydra's override_dirname: sorted overrides, logging.*/checkpoint.* excluded by opt.yaml,
+        # joined by "+" with "=" -> "_" (opt.yaml's item_sep / kv_sep)
+        "td3-opt-demo-" + "+".join(sorted(o for o in TINY if not o.startswith("logging.")
+                                          and not o.startswith("checkpoint."))).replace("=", "_")
+    ) / "seed0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["run_dir"] == str(run_dir)
+    assert summary["config"]["finetune"]["use_q_on"] is True
+    assert summary["updates"]["offline"] == 40 and summary["updates"]["pretrain"] == 10
+    assert summary["final_normalized_score"] is not None
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert f"final normalised score:   {summary['final_normalized_score']:.1f}" in proc.stdout
+    assert not (tmp_path / "outputs").exists()
+
+    again = _recipe(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"final normalised score:   {summary['final_normalized_score']:.1f}" in again.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["finished"] == summary["finished"]
+
+    # the baseline reuses the finished offline phase instead of training it again
+    reuse = _recipe(tmp_path, "method=baseline", f"offline.checkpoint={run_dir / 'offline.pt'}")
+    assert reuse.returncode == 0, reuse.stderr[-3000:]
+    baseline_dir = run_dir.parent.parent / run_dir.parent.name.replace("-opt-", "-baseline-") / "seed0"
+    baseline = json.loads((baseline_dir / "summary.json").read_text())
+    assert baseline["config"]["finetune"]["use_q_on"] is False
+    assert "offline" not in baseline["updates"] and "pretrain" not in baseline["updates"]
+    assert baseline["updates"]["finetune"] == 120
