@@ -26,7 +26,7 @@ from torchrl_opt.pipeline.baselines import (
 )
 from torchrl_opt.pipeline.checkpoint import load_checkpoint
 from torchrl_opt.pipeline.config import RunConfig
-from torchrl_opt.pipeline.run import _load_dataset
+from torchrl_opt.pipeline.run import load_dataset
 
 DATA_SIZE = 1500
 ENV_STEPS = 24
@@ -150,7 +150,7 @@ def test_wsrl_buffer_holds_no_offline_data_and_carries_the_pretrained_agent(tmp_
     replay = res.replay
     assert len(replay) == 20 + ENV_STEPS  # K warm-up steps, then the fine-tuning steps
     rows = replay.data[: len(replay)]
-    data, _, _ = _load_dataset(_cfg(tmp_path), torch.device("cpu"))
+    data, _, _ = load_dataset(_cfg(tmp_path), torch.device("cpu"))
     distance = torch.cdist(rows["observation"], data["observation"]).min()
     assert distance > 1e-6, "a dataset transition is in WSRL's buffer"
     # the policy, the 10-critic ensemble and its targets carry over from pre-training, frozen in

@@ -346,14 +346,14 @@ class _Kill(Exception):
 
 
 def _kill_after_checkpoint(monkeypatch, phase: str, step: int) -> None:
-    original = runmod._Run.save
+    original = runmod.RunContext.save
 
     def save(self, ph, st, updates, **extra):
         original(self, ph, st, updates, **extra)
         if (ph, st) == (phase, step):
             raise _Kill(phase, step)
 
-    monkeypatch.setattr(runmod._Run, "save", save)
+    monkeypatch.setattr(runmod.RunContext, "save", save)
 
 
 # (backbone, use_q_on, phase killed, step of its checkpoint, checkpoint.every)

@@ -10,11 +10,11 @@ and ``torchrl_opt.pipeline.run`` / ``recipes/opt.py`` run the whole three-phase 
 from torchrl_opt.data.replay import BalancedSampler, DensityRatioEstimator, make_replay
 from torchrl_opt.data.scores import normalized_score
 from torchrl_opt.objectives import (
+    SPOTVAE,
     MetaAdaptationLoss,
     OPTIQLLoss,
     OPTLoss,
     SPOTDensityPenalty,
-    SPOTVAE,
     SPOTVAELoss,
 )
 from torchrl_opt.schedules import KAPPA_PRESETS, KappaSchedule, kappa_preset

@@ -39,6 +39,7 @@ from torchrl_opt.objectives.iql_opt import OPTIQLLoss
 from torchrl_opt.objectives.meta import MetaAdaptationLoss
 from torchrl_opt.objectives.spot import SPOTVAE, SPOTDensityPenalty, SPOTVAELoss
 from torchrl_opt.objectives.td3_opt import OPTLoss
+from torchrl_opt.pipeline.checkpoint import CheckpointError
 from torchrl_opt.pipeline.config import BackboneConfig, OnlinePretrainConfig
 from torchrl_opt.pipeline.updates import (
     AccelerationConfig,
@@ -197,86 +198,28 @@ class Agent(nn.Module):
         """The fine-tuning loss, initialised from the offline loss's actor, ``Q_off`` (and ``V_off``)
         and their targets; ``Q_on`` (and ``V_on``) start from a fresh random initialisation."""
         loss = self._make_loss(online=True, use_q_on=use_q_on, kappa=kappa)
-        offline_state = {
-            k: v for k, v in self.offline_loss.state_dict().items() if not k.startswith("_value_estimator")
-        }
-        missing, unexpected = loss.load_state_dict(offline_state, strict=False)
-        if unexpected:
-            raise RuntimeError(f"Offline state has entries the fine-tuning loss lacks: {unexpected}")
-        allowed = ("qvalue_on", "target_qvalue_on", "value_on", "target_value_on", "kappa",
-                   "_value_estimator", "actor_penalty")
-        stray = [k for k in missing if not k.startswith(allowed)]
-        if stray:
-            raise RuntimeError(f"Fine-tuning loss entries not initialised from offline state: {stray}")
+        load_offline_state(loss, self.offline_loss.state_dict())
         self.finetune_loss = loss
         return loss
 
     # ------------------------------------------------------------------ update steps
-    def _step(self, fn: StepFn) -> StepFn:
-        return accelerate(fn, self.device, self.acceleration)
-
-    def _optimizer(self, params, lr: float) -> torch.optim.Optimizer:
-        return make_optimizer(params, lr, self.device, self.acceleration)
-
     def vae_update(self) -> UpdateSpec:
         """SPOT's VAE step (``recon + beta * KL``, Adam ``vae_lr``)."""
         if self.vae is None:
             raise RuntimeError("Only the spot backbone has a VAE")
         loss = SPOTVAELoss(self.vae, beta=self.cfg.vae_beta).to(self.device)
-        return self._spec("vae", loss, ("loss_vae",), list(self.vae.parameters()), self.cfg.vae_lr)
+        return make_update_spec(
+            "vae", loss, ("loss_vae",), list(self.vae.parameters()), self.cfg.vae_lr,
+            device=self.device, acceleration=self.acceleration,
+        )
 
     def offline_updates(self) -> list[UpdateSpec]:
-        return self._updates(self.offline_loss)
+        return make_update_specs(self.offline_loss, self.cfg, self.device, self.acceleration)
 
     def finetune_updates(self) -> list[UpdateSpec]:
         if self.finetune_loss is None:
             raise RuntimeError("Call build_finetune_loss before finetune_updates")
-        return self._updates(self.finetune_loss)
-
-    def _spec(
-        self,
-        name: str,
-        loss_fn: Callable[[TensorDictBase], TensorDictBase],
-        loss_keys: tuple[str, ...],
-        params: list[nn.Parameter],
-        lr: float,
-        *,
-        every: int = 1,
-        target_updater: SoftUpdate | None = None,
-    ) -> UpdateSpec:
-        optimizer = self._optimizer(params, lr)
-        step = make_step(loss_fn, loss_keys, optimizer, target_updater=target_updater)
-        return UpdateSpec(name, self._step(step), optimizer, every)
-
-    def _updates(self, loss: LossModule) -> list[UpdateSpec]:
-        cfg = self.cfg
-        target_updater = SoftUpdate(loss, tau=cfg.tau)
-        critic_params = _params_of(loss, "qvalue_off_network_params") + _params_of(
-            loss, "qvalue_on_network_params"
-        )
-        actor_params = _params_of(loss, "actor_network_params")
-        qvalue_keys = tuple(f"loss_qvalue_{c}" for c in loss.critics)
-        actor_loss = _method(loss.actor_loss, "loss_actor")
-        if cfg.name == "iql":
-            value_params = _params_of(loss, "value_off_network_params") + _params_of(
-                loss, "value_on_network_params"
-            )
-            value_keys = tuple(f"loss_value_{c}" for c in loss.critics)
-            return [
-                self._spec("value", loss.value_loss, value_keys, value_params, cfg.value_lr),
-                self._spec("actor", actor_loss, ("loss_actor",), actor_params, cfg.actor_lr),
-                self._spec(
-                    "qvalue", loss.qvalue_loss, qvalue_keys, critic_params, cfg.critic_lr,
-                    target_updater=target_updater,
-                ),
-            ]
-        return [
-            self._spec("critic", loss.qvalue_losses, qvalue_keys, critic_params, cfg.critic_lr),
-            self._spec(
-                "actor", actor_loss, ("loss_actor",), actor_params, cfg.actor_lr,
-                every=cfg.actor_delay, target_updater=target_updater,
-            ),
-        ]
+        return make_update_specs(self.finetune_loss, self.cfg, self.device, self.acceleration)
 
     def pretrain_update(self, cfg: OnlinePretrainConfig) -> UpdateSpec:
         """The online pre-training step on ``{"offline": batch, "online": batch}``: only the online
@@ -291,13 +234,14 @@ class Agent(nn.Module):
             alpha=cfg.alpha,
             loss_ratio_weighting=cfg.loss_ratio_weighting,
         )
-        return self._spec(
+        return make_update_spec(
             "pretrain", meta, ("loss_pretrain",), meta.online_parameters(), cfg.lr,
-            target_updater=_OnlineTargetUpdate(loss, self.cfg.tau),
+            device=self.device, acceleration=self.acceleration,
+            target_updater=OnlineTargetUpdate(loss, self.cfg.tau),
         )
 
 
-class _OnlineTargetUpdate:
+class OnlineTargetUpdate:
     """Polyak averaging of the online critics' targets only: ``theta' <- tau theta + (1-tau) theta'``.
 
     TorchRL's ``SoftUpdate`` moves every target of a loss; during online pre-training the actor and
@@ -318,6 +262,103 @@ class _OnlineTargetUpdate:
             src = list(source.values(True, True))
             tgt = list(target.values(True, True))
             torch._foreach_lerp_(tgt, src, self.tau)
+
+
+def soft_update_keeping_targets(loss: LossModule, tau: float) -> SoftUpdate:
+    """TorchRL's ``SoftUpdate`` (``theta' <- tau theta + (1 - tau) theta'``) without the hard copy
+    ``theta' <- theta`` its constructor performs, so targets trained in an earlier phase (offline
+    ``Q_off``'s, ``Q_on``'s after online pre-training) carry over unchanged."""
+    targets = {
+        name: module.clone()
+        for name, module in loss.named_children()
+        if name.startswith("target_") and name.endswith("_params")
+    }
+    updater = SoftUpdate(loss, tau=tau)
+    with torch.no_grad():
+        for name, saved in targets.items():
+            getattr(loss, name).data.copy_(saved.data)
+    return updater
+
+
+def load_offline_state(
+    loss: LossModule, offline_state: dict, *, source: str = "the offline state"
+) -> None:
+    """Initialise a fine-tuning ``loss`` from an offline loss's ``state_dict``.
+
+    Actor, ``Q_off`` (``V_off``) and their targets are copied; only the online critics (and kappa,
+    SPOT's penalty state) may be left at their fresh values. Anything else missing, or any entry
+    the loss lacks, raises :class:`~torchrl_opt.pipeline.checkpoint.CheckpointError`.
+    """
+    offline_state = {k: v for k, v in offline_state.items() if not k.startswith("_value_estimator")}
+    missing, unexpected = loss.load_state_dict(offline_state, strict=False)
+    if unexpected:
+        raise CheckpointError(f"{source} has entries the loss lacks: {unexpected}")
+    allowed = ("qvalue_on", "target_qvalue_on", "value_on", "target_value_on", "kappa",
+               "_value_estimator", "actor_penalty")
+    stray = [k for k in missing if not k.startswith(allowed)]
+    if stray:
+        raise CheckpointError(f"{source} does not initialise these loss entries: {stray}")
+
+
+def make_update_spec(
+    name: str,
+    loss_fn: Callable[[TensorDictBase], TensorDictBase],
+    loss_keys: tuple[str, ...],
+    params: list[nn.Parameter],
+    lr: float,
+    *,
+    device: torch.device,
+    acceleration: AccelerationConfig | None = None,
+    every: int = 1,
+    target_updater: SoftUpdate | OnlineTargetUpdate | None = None,
+) -> UpdateSpec:
+    """One named update step with its own Adam, compiled/graphed per ``acceleration``."""
+    optimizer = make_optimizer(params, lr, device, acceleration)
+    step = make_step(loss_fn, loss_keys, optimizer, target_updater=target_updater)
+    return UpdateSpec(name, accelerate(step, device, acceleration), optimizer, every)
+
+
+def make_update_specs(
+    loss: LossModule,
+    cfg: BackboneConfig,
+    device: torch.device,
+    acceleration: AccelerationConfig | None = None,
+) -> list[UpdateSpec]:
+    """The update steps of ``loss`` (an ``OPTLoss`` or ``OPTIQLLoss``), in the order they run.
+
+    TD3/SPOT: ``critic`` (both critics) every update, ``actor`` + Polyak target update every
+    ``cfg.actor_delay`` updates. IQL: ``value``, ``actor``, ``qvalue`` + target update every update.
+    """
+    target_updater = soft_update_keeping_targets(loss, cfg.tau)
+    critic_params = _params_of(loss, "qvalue_off_network_params") + _params_of(
+        loss, "qvalue_on_network_params"
+    )
+    actor_params = _params_of(loss, "actor_network_params")
+    qvalue_keys = tuple(f"loss_qvalue_{c}" for c in loss.critics)
+    actor_loss = _method(loss.actor_loss, "loss_actor")
+    kw = {"device": device, "acceleration": acceleration}
+    if cfg.name == "iql":
+        value_params = _params_of(loss, "value_off_network_params") + _params_of(
+            loss, "value_on_network_params"
+        )
+        value_keys = tuple(f"loss_value_{c}" for c in loss.critics)
+        return [
+            make_update_spec("value", loss.value_loss, value_keys, value_params, cfg.value_lr, **kw),
+            make_update_spec("actor", actor_loss, ("loss_actor",), actor_params, cfg.actor_lr, **kw),
+            make_update_spec(
+                "qvalue", loss.qvalue_loss, qvalue_keys, critic_params, cfg.critic_lr,
+                target_updater=target_updater, **kw,
+            ),
+        ]
+    return [
+        make_update_spec(
+            "critic", loss.qvalue_losses, qvalue_keys, critic_params, cfg.critic_lr, **kw
+        ),
+        make_update_spec(
+            "actor", actor_loss, ("loss_actor",), actor_params, cfg.actor_lr,
+            every=cfg.actor_delay, target_updater=target_updater, **kw,
+        ),
+    ]
 
 
 def _params_of(loss: LossModule, name: str) -> list[nn.Parameter]:

@@ -66,7 +66,6 @@ from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType
-from torchrl.objectives import SoftUpdate
 
 from torchrl_opt.data.replay import MixedReplayBuffer, make_replay
 from torchrl_opt.data.scores import normalized_score
@@ -75,7 +74,11 @@ from torchrl_opt.envs import evaluate_policy
 from torchrl_opt.models import make_gaussian_actor, make_qvalue_ensemble
 from torchrl_opt.objectives.meta import MetaAdaptationLoss
 from torchrl_opt.objectives.sac_ensemble import EnsembleSACLoss, OPTEnsembleSACLoss
-from torchrl_opt.pipeline.agents import UpdateSpec, _OnlineTargetUpdate
+from torchrl_opt.pipeline.agents import (
+    OnlineTargetUpdate,
+    UpdateSpec,
+    soft_update_keeping_targets,
+)
 from torchrl_opt.pipeline.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -89,7 +92,7 @@ from torchrl_opt.pipeline.phases import (
     pretrain_online,
     train_offline,
 )
-from torchrl_opt.pipeline.run import _load_dataset, resolve_device, to_run_config
+from torchrl_opt.pipeline.run import load_dataset, resolve_device, to_run_config
 from torchrl_opt.pipeline.updates import (
     AccelerationConfig,
     StepFn,
@@ -429,7 +432,7 @@ class SACEnsembleAgent(nn.Module):
         keys = tuple(f"loss_qvalue_{c}" for c in loss.critics)
         return self._spec(
             "critic", loss.qvalue_losses, keys, params, self.cfg.critic_lr,
-            target_updater=_soft_update_keeping_targets(loss, self.cfg.tau),
+            target_updater=soft_update_keeping_targets(loss, self.cfg.tau),
         )
 
     def actor_update(self, every: int) -> UpdateSpec:
@@ -462,23 +465,8 @@ class SACEnsembleAgent(nn.Module):
         )
         return self._spec(
             "pretrain", meta, ("loss_pretrain",), meta.online_parameters(), cfg.lr,
-            target_updater=_OnlineTargetUpdate(self.loss, self.cfg.tau),
+            target_updater=OnlineTargetUpdate(self.loss, self.cfg.tau),
         )
-
-
-def _soft_update_keeping_targets(loss: EnsembleSACLoss, tau: float) -> SoftUpdate:
-    """TorchRL's ``SoftUpdate`` (``theta' <- tau theta + (1 - tau) theta'``) without its construction-time
-    hard copy ``theta' <- theta``: pre-trained targets (WSRL's, RLPD+OPT's Q_on after online
-    pre-training) carry over into the next phase unchanged."""
-    targets = [
-        list(getattr(loss, f"target_qvalue_{c}_network_params").values(True, True)) for c in loss.critics
-    ]
-    saved = [[t.detach().clone() for t in group] for group in targets]
-    updater = SoftUpdate(loss, tau=tau)
-    with torch.no_grad():
-        for group, values in zip(targets, saved):
-            torch._foreach_copy_(group, values)
-    return updater
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +486,7 @@ class _BaselineRun:
         )
         self.run_dir = Path(cfg.run_dir or Path(cfg.logging.dir) / experiment)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.data, self.env_id, self.ref_scores = _load_dataset(cfg, self.device)
+        self.data, self.env_id, self.ref_scores = load_dataset(cfg, self.device)
         probe = self.make_env(cfg.seed)
         obs_dim = probe.observation_spec["observation"].shape[-1]
         action_spec = probe.action_spec
@@ -514,7 +502,7 @@ class _BaselineRun:
         return make_resumable_env(self.env_id, seed=seed)
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Deterministic returns of ``eval.episodes`` episodes, as the pipeline's ``_Run.evaluate``."""
+        """Deterministic returns of ``eval.episodes`` episodes, as the pipeline's ``RunContext.evaluate``."""
         env = self.make_env(self.cfg.seed * 1_000_003 + step + 1)
         returns = evaluate_policy(self.agent.policy, env, self.cfg.eval.episodes, max_steps=self.cfg.eval.max_steps)
         env.close()

@@ -53,13 +53,13 @@ def sample_uniform(
     return data[index]
 
 
-def _run_updates(updates: list[UpdateSpec], batch: TensorDictBase, step: int, metrics: dict) -> None:
+def run_updates(updates: list[UpdateSpec], batch: TensorDictBase, step: int, metrics: dict) -> None:
     for spec in updates:
         if step % spec.every == 0:
             metrics[spec.name] = spec.step(batch)
 
 
-def _merge(metrics: dict) -> TensorDictBase:
+def merge_metrics(metrics: dict) -> TensorDictBase:
     merged = {}
     for out in metrics.values():
         merged.update({k: v for k, v in out.items()})
@@ -134,9 +134,9 @@ def train_offline(
     metrics: dict = {}
     for step in range(start + 1, steps + 1):
         batch = sample_uniform(data, batch_size, generator)
-        _run_updates(updates, batch, step - 1, metrics)
+        run_updates(updates, batch, step - 1, metrics)
         if _due(step, log_every) or step == steps:
-            values = logger.log(_merge(metrics), step, prefix="offline")
+            values = logger.log(merge_metrics(metrics), step, prefix="offline")
             logger.advance(0, q_off=values.get("pred_value_off", float("nan")))
         if _due(step, eval_every) or step == steps:
             result = evaluate(step)
@@ -287,12 +287,12 @@ def finetune(
                 step_penalty()
             for _ in range(utd):
                 sample = replay.sample()
-                _run_updates(updates, sample, update_count, metrics)
+                run_updates(updates, sample, update_count, metrics)
                 if density is not None:
                     metrics["density"] = TensorDict(loss_density=density(replay, sample))
                 update_count += 1
             if _due(env_step, log_every) or env_step == env_steps:
-                merged = _merge(metrics)
+                merged = merge_metrics(metrics)
                 merged.update(_schedule_values(agent, kappa))
                 values = logger.log(merged, env_step, prefix="finetune")
                 logger.advance(0, q_on=values.get("pred_value_on", float("nan")))

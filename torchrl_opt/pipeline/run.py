@@ -251,7 +251,7 @@ def _experiment_name(cfg: RunConfig) -> str:
     return f"{cfg.dataset.task}-{cfg.dataset.kind}-{cfg.backbone.name}-{method}-s{cfg.seed}"
 
 
-def _load_dataset(cfg: RunConfig, device: torch.device) -> tuple[TensorDictBase, str, tuple | None]:
+def load_dataset(cfg: RunConfig, device: torch.device) -> tuple[TensorDictBase, str, tuple | None]:
     """Offline data on ``device``, the env id, and the dataset's own reference scores (or None)."""
     ds = cfg.dataset
     entry = get_dataset_entry(ds.task, ds.kind)
@@ -299,7 +299,7 @@ def _tensordict_from_state(state: dict, device: torch.device) -> TensorDictBase:
     return TensorDict(state["data"], batch_size=state["batch_size"]).to(device)
 
 
-class _Run:
+class RunContext:
     """The state of one run; methods are the phase transitions. Kept private: use :func:`run`."""
 
     def __init__(self, cfg: RunConfig) -> None:
@@ -314,7 +314,7 @@ class _Run:
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         self.offline_path = self.run_dir / "offline.pt"
 
-        self.data, self.env_id, self.ref_scores = _load_dataset(cfg, self.device)
+        self.data, self.env_id, self.ref_scores = load_dataset(cfg, self.device)
         self.obs_loc = self.obs_scale = None
         if cfg.offline.normalize_observations:
             obs = self.data["observation"]
@@ -435,7 +435,7 @@ class _Run:
                 f"{self.checkpoint_path} marks the run finished but {self.run_dir / 'summary.json'} "
                 "is missing"
             )
-        kappa = self._initial_kappa()
+        kappa = self.initial_kappa()
         self.agent.build_finetune_loss(
             use_q_on=self.cfg.finetune.use_q_on, kappa=kappa.value(0) if kappa is not None else 0.0
         )
@@ -538,7 +538,7 @@ class _Run:
             self.obs_loc = state["obs_loc"].to(self.device)
             self.obs_scale = state["obs_scale"].to(self.device)
 
-    def _initial_kappa(self) -> KappaSchedule | None:
+    def initial_kappa(self) -> KappaSchedule | None:
         cfg = self.cfg.finetune
         if not cfg.use_q_on:
             return None
@@ -550,7 +550,7 @@ class _Run:
 
     def online_phases(self, state: dict | None) -> None:
         cfg = self.cfg
-        kappa = self._initial_kappa()
+        kappa = self.initial_kappa()
         self.agent.build_finetune_loss(
             use_q_on=cfg.finetune.use_q_on, kappa=kappa.value(0) if kappa is not None else 0.0
         )
@@ -701,7 +701,7 @@ def run(cfg: RunConfig | Any) -> RunResult:
     """Run the whole pipeline for ``cfg`` (a :class:`RunConfig`, a Hydra config or a dict)."""
     cfg = to_run_config(cfg)
     state = None
-    r = _Run(cfg)
+    r = RunContext(cfg)
     state = r.load()
     if state is not None and state["phase"] == "done":
         r.restore_finished(state)

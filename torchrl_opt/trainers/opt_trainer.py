@@ -45,18 +45,28 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
 from torchrl.objectives.common import LossModule
 from torchrl.record.loggers import Logger
-from torchrl.trainers import OptimizationStepper, Trainer, TrainerHookBase, UpdateWeights
+from torchrl.trainers import (
+    OptimizationStepper,
+    Trainer,
+    TrainerHookBase,
+    UpdateWeights,
+)
 
-from torchrl_opt.data.replay import DensityRatioEstimator, MixedReplayBuffer, make_replay
-from torchrl_opt.pipeline.agents import Agent, UpdateSpec
+from torchrl_opt.data.replay import (
+    DensityRatioEstimator,
+    MixedReplayBuffer,
+    make_replay,
+)
+from torchrl_opt.pipeline.agents import UpdateSpec, load_offline_state
+from torchrl_opt.pipeline.agents import make_update_specs as pipeline_update_specs
 from torchrl_opt.pipeline.config import BackboneConfig, RunConfig, to_run_config
 from torchrl_opt.pipeline.logging import RunLogger
 from torchrl_opt.pipeline.phases import (
     DensityRatioUpdater,
-    _merge,
-    _run_updates,
     collect_online,
+    merge_metrics,
     pretrain_online,
+    run_updates,
 )
 from torchrl_opt.pipeline.updates import AccelerationConfig
 from torchrl_opt.schedules import KappaSchedule
@@ -85,26 +95,6 @@ def _due(step: int, every: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Update specs for a user-built loss
 # ---------------------------------------------------------------------------------------------
-class _UpdateSpecBuilder:
-    """Builds update specs with :class:`Agent`'s own methods, without building an agent's networks.
-
-    ``Agent._updates`` needs only ``cfg``, ``device`` and ``acceleration``; borrowing the methods
-    keeps a single implementation of "which parameters, which optimiser, which delay".
-    """
-
-    _updates = Agent._updates
-    _spec = Agent._spec
-    _step = Agent._step
-    _optimizer = Agent._optimizer
-
-    def __init__(
-        self, backbone: BackboneConfig, device: torch.device, acceleration: AccelerationConfig
-    ) -> None:
-        self.cfg = backbone
-        self.device = torch.device(device)
-        self.acceleration = acceleration
-
-
 def make_update_specs(
     loss: LossModule,
     backbone: BackboneConfig | None = None,
@@ -127,8 +117,9 @@ def make_update_specs(
         backbone = BackboneConfig(name="iql" if isinstance(loss, OPTIQLLoss) else "td3")
     if device is None:
         device = next(loss.parameters()).device
-    builder = _UpdateSpecBuilder(backbone, torch.device(device), acceleration or AccelerationConfig())
-    return builder._updates(loss)
+    return pipeline_update_specs(
+        loss, backbone, torch.device(device), acceleration or AccelerationConfig()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,9 +177,9 @@ class OPTOptimizationStepper(OptimizationStepper):
         return self.build()
 
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
-        _run_updates(self.build(), sub_batch, self.update_count, self._metrics)
+        run_updates(self.build(), sub_batch, self.update_count, self._metrics)
         self.update_count += 1
-        return _merge(self._metrics).clone()
+        return merge_metrics(self._metrics).clone()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -724,7 +715,7 @@ class OPTTrainer(Trainer):
         ``log_interval``, ...). Mid-phase resume of the pipeline's own ``checkpoint.pt`` does not
         apply here: use TorchRL's trainer checkpoints.
         """
-        from torchrl_opt.pipeline.run import _Run
+        from torchrl_opt.pipeline.run import RunContext
 
         cfg = to_run_config(cfg)
         # the pipeline's own logger is replaced by the trainer's TorchRL logger
@@ -732,12 +723,12 @@ class OPTTrainer(Trainer):
         logger = trainer_kwargs.get("logger")
         progress = trainer_kwargs.get("progress_bar", cfg.logging.progress)
         trainer_kwargs.setdefault("progress_bar", progress)
-        r = _Run(cfg)
+        r = RunContext(cfg)
         r.logger = _TorchRLRunLogger(logger, progress=progress)
         r.offline_phase(None)
         agent = r.agent
         ft = cfg.finetune
-        kappa = r._initial_kappa()
+        kappa = r.initial_kappa()
         loss = agent.build_finetune_loss(
             use_q_on=ft.use_q_on, kappa=kappa.value(0) if kappa is not None else 0.0
         )
@@ -820,14 +811,4 @@ def load_offline_checkpoint(loss: LossModule, path: str | Path) -> None:
     state = load_checkpoint(path, map_location=device)
     if "offline_loss" not in state:
         raise CheckpointError(f"{path} is not an offline checkpoint (no 'offline_loss' entry)")
-    offline_state = {
-        k: v for k, v in state["offline_loss"].items() if not k.startswith("_value_estimator")
-    }
-    missing, unexpected = loss.load_state_dict(offline_state, strict=False)
-    if unexpected:
-        raise CheckpointError(f"{path} has entries the loss lacks: {unexpected}")
-    allowed = ("qvalue_on", "target_qvalue_on", "value_on", "target_value_on", "kappa",
-               "_value_estimator", "actor_penalty")
-    stray = [k for k in missing if not k.startswith(allowed)]
-    if stray:
-        raise CheckpointError(f"{path} does not initialise these loss entries: {stray}")
+    load_offline_state(loss, state["offline_loss"], source=str(path))
