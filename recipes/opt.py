@@ -30,6 +30,7 @@ several threads for MLPs of that size, and PyTorch's default otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -62,6 +63,10 @@ def _kappa_field(task: str, kind: str, field: str) -> float | int:
     return config[field]
 
 
+#: longest piece of a run-directory name kept verbatim (see :func:`_run_name`).
+MAX_NAME_PART = 120
+
+
 def _run_name(*parts: Any) -> str:
     """``"-".join`` of the non-empty parts; ``none`` (the empty ablation) is dropped.
 
@@ -75,7 +80,13 @@ def _run_name(*parts: Any) -> str:
         part = "" if part is None else str(part)
         if part in ("", "none", "[]"):
             continue
-        names.append(part.replace(os.sep, "_").replace("/", "_"))
+        part = part.replace(os.sep, "_").replace("/", "_")
+        if len(part) > MAX_NAME_PART:
+            # file systems cap a folder name at 255 bytes: long override lists become a stable
+            # digest (the overrides themselves are in the run's .hydra/overrides.yaml)
+            digest = hashlib.sha1(part.encode()).hexdigest()[:12]
+            part = f"{part[:MAX_NAME_PART - 14]}~{digest}"
+        names.append(part)
     return "-".join(names)
 
 
@@ -128,7 +139,9 @@ def format_summary(summary: dict[str, Any], run_dir: str | Path) -> str:
     phases = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in wall.items())
     cfg = summary.get("config", {})
     dataset = cfg.get("dataset", {})
-    method = "opt" if cfg.get("finetune", {}).get("use_q_on", True) else "baseline"
+    method = cfg.get("system", "opt")
+    if method == "opt" and not cfg.get("finetune", {}).get("use_q_on", True):
+        method = "baseline"
     return "\n".join(
         [
             (

@@ -16,6 +16,7 @@ from torchrl_opt.models import make_gaussian_actor, make_td3_actor
 from torchrl_opt.pipeline.baselines import (
     BaselineConfig,
     BaselineConfigError,
+    BaselineResult,
     BCLoss,
     EpsilonGreedyPolicy,
     run_baseline,
@@ -254,3 +255,27 @@ def test_bc_loss_fits_the_behaviour_policy():
     with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
         mode = actor(data.select("observation").clone())["action"]
     assert (mode - actions).abs().mean() < 0.15
+
+
+@pytest.mark.parametrize("system", ["rlpd", "wsrl", "porl", "rlpd_opt"])
+def test_run_dispatches_seed_systems_by_config(tmp_path, system):
+    """``run(cfg)`` with ``cfg.system`` runs that seed system with ``cfg.baseline``'s settings."""
+    from torchrl_opt.pipeline.run import run
+
+    cfg = _cfg(tmp_path / system)
+    cfg.system = system
+    cfg.baseline = _bl()  # its ``method`` field is overridden by ``cfg.system``
+    result = run(cfg)
+    assert isinstance(result, BaselineResult)
+    assert result.summary["config"]["system"] == system
+    assert (tmp_path / system / "summary.json").exists()
+
+
+def test_unknown_system_is_rejected(tmp_path):
+    from torchrl_opt.pipeline.config import ConfigError
+    from torchrl_opt.pipeline.run import run
+
+    cfg = _cfg(tmp_path)
+    cfg.system = "cql"
+    with pytest.raises(ConfigError, match="system='cql'"):
+        run(cfg)

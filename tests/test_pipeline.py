@@ -589,3 +589,30 @@ def test_dict_config_unknown_or_unconvertible_key():
         to_run_config({"finetune": {"utd": "many"}})
     cfg = to_run_config({"finetune": {"utd": 3}, "backbone": {"hidden": [8, 8]}})
     assert isinstance(cfg, RunConfig) and cfg.finetune.utd == 3 and cfg.backbone.hidden == [8, 8]
+
+
+def test_reward_shift_applies_to_training_data_and_env_not_to_evaluation(tmp_path):
+    """``dataset.reward_shift`` (AntMaze's r - 1) shifts offline and online training rewards only."""
+    from torchrl_opt.pipeline.run import RunContext, load_dataset
+
+    cfg = tiny_cfg(tmp_path)
+    plain, _, _ = load_dataset(cfg, torch.device("cpu"))
+    cfg.dataset.reward_shift = -1.0
+    shifted, _, _ = load_dataset(cfg, torch.device("cpu"))
+    torch.testing.assert_close(shifted["next", "reward"], plain["next", "reward"] - 1.0)
+
+    ctx = RunContext(cfg)
+    actions = torch.zeros(5, *ctx.agent.action_spec.shape)
+    rewards = {}
+    for train in (True, False):
+        env = ctx.make_env(seed=3, train=train)
+        td = env.reset()
+        out = []
+        for a in actions:
+            td.set("action", a)
+            td = env.step(td)
+            out.append(td["next", "reward"].clone())
+            td = td["next"]
+        rewards[train] = torch.stack(out)
+        env.close()
+    torch.testing.assert_close(rewards[True], rewards[False] - 1.0)

@@ -345,3 +345,19 @@ def test_recipe_subprocess_run_writes_summary_and_resumes(tmp_path):
     assert baseline["config"]["finetune"]["use_q_on"] is False
     assert "offline" not in baseline["updates"] and "pretrain" not in baseline["updates"]
     assert baseline["updates"]["finetune"] == 120
+
+
+@pytest.mark.parametrize("system", ["rlpd", "rlpd_offline", "rlpd_opt", "wsrl", "porl"])
+def test_seed_system_methods_compose(system):
+    """``method=<system>`` selects a seed system of torchrl_opt.pipeline.baselines (issue 7)."""
+    cfg = _run_config(f"method={system}", "scale=paper", "env=walker2d", "dataset=random")
+    assert cfg.system == system
+    assert cfg.baseline.sac.num_qvalue_nets == 10 and cfg.baseline.sac.critic_layer_norm
+    assert (cfg.baseline.rlpd.utd, cfg.baseline.wsrl.utd, cfg.baseline.porl.utd) == (20, 4, 16)
+    assert cfg.baseline.wsrl.warmup_steps == 5000
+
+
+def test_antmaze_presets_shift_rewards():
+    cfg = _run_config("env=antmaze", "dataset=umaze")
+    assert cfg.dataset.reward_shift == -1.0
+    assert _run_config("env=hopper", "dataset=random").dataset.reward_shift == 0.0

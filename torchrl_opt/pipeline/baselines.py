@@ -84,7 +84,15 @@ from torchrl_opt.pipeline.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from torchrl_opt.pipeline.config import OnlinePretrainConfig, RunConfig
+from torchrl_opt.pipeline.config import (
+    BaselineConfig,
+    OnlinePretrainConfig,
+    PORLConfig,
+    RLPDConfig,
+    RunConfig,
+    SACEnsembleConfig,
+    WSRLConfig,
+)
 from torchrl_opt.pipeline.logging import RunLogger
 from torchrl_opt.pipeline.phases import (
     collect_online,
@@ -134,86 +142,6 @@ class BaselineConfigError(ValueError):
     """A baseline configuration value is out of its domain."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class SACEnsembleConfig:
-    """Networks and SAC hyperparameters shared by every baseline (RLPD's defaults).
-
-    ``target_entropy=None`` means ``-|A| / 2``. ``actor_every=None`` means "once per environment
-    step" (every ``utd`` updates, as RLPD's update); offline it is every update.
-    """
-
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    critic_layer_norm: bool = True
-    actor_layer_norm: bool = False
-    num_qvalue_nets: int = 10
-    num_min_qs: int = 2
-    gamma: float = 0.99
-    tau: float = 0.005
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    alpha_lr: float = 3e-4
-    alpha_init: float = 1.0
-    target_entropy: float | None = None
-    backup_entropy: bool = True
-    actor_every: int | None = None
-
-
-@dataclass
-class RLPDConfig:
-    """RLPD online phase: ``start_steps`` uniform-random actions before learning, UTD ``utd``,
-    ``offline_fraction`` of every batch from ``B_off``."""
-
-    utd: int = 20
-    start_steps: int = 5_000
-    offline_fraction: float = 0.5
-
-
-@dataclass
-class WSRLConfig:
-    """WSRL: ``warmup_steps`` (K) of the frozen pre-trained policy, then UTD ``utd`` on online data.
-
-    ``warmup_deterministic``: act with the policy's mode during warm-up (default: sample it).
-    """
-
-    warmup_steps: int = 5_000
-    utd: int = 4
-    warmup_deterministic: bool = False
-
-
-@dataclass
-class PORLConfig:
-    """PORL: policy-only fine-tuning.
-
-    ``policy_source``: ``"bc"`` (behaviour cloning for ``bc_steps`` on ``B_off``) or ``"offline"``
-    (the RLPD-style offline phase's actor; its critics are discarded). ``presample_steps`` with the
-    frozen policy and epsilon-greedy exploration (``epsilon``: probability of a uniform action); the
-    first ``batch_size`` of them seed the buffer before any update. Both ``presample_steps`` and
-    ``epsilon`` are not given in the PORL summary available here: configuration, not fact.
-    """
-
-    utd: int = 16
-    presample_steps: int = 5_000
-    epsilon: float = 0.1
-    policy_source: str = "bc"
-    bc_steps: int = 100_000
-    bc_lr: float = 3e-4
-
-
-@dataclass
-class BaselineConfig:
-    """Which baseline and its settings; the rest (dataset, budgets, eval, logging, checkpoints,
-    acceleration) comes from :class:`~torchrl_opt.pipeline.config.RunConfig`."""
-
-    method: str = "rlpd"
-    sac: SACEnsembleConfig = field(default_factory=SACEnsembleConfig)
-    rlpd: RLPDConfig = field(default_factory=RLPDConfig)
-    wsrl: WSRLConfig = field(default_factory=WSRLConfig)
-    porl: PORLConfig = field(default_factory=PORLConfig)
-
-
 @dataclass
 class BaselineResult:
     run_dir: Path
@@ -249,7 +177,7 @@ def validate_baseline(cfg: RunConfig, bl: BaselineConfig) -> None:
         raise BaselineConfigError(
             f"rlpd.offline_fraction must lie in [0, 1], got {bl.rlpd.offline_fraction}"
         )
-    if bl.porl.presample_steps < cfg.finetune.batch_size:
+    if bl.method == "porl" and bl.porl.presample_steps < cfg.finetune.batch_size:
         raise BaselineConfigError(
             f"porl.presample_steps={bl.porl.presample_steps} must be >= finetune.batch_size="
             f"{cfg.finetune.batch_size} (the seed rollouts fill the first batch)"

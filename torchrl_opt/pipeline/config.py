@@ -19,6 +19,7 @@ from torchrl_opt.pipeline.updates import AccelerationConfig
 __all__ = [
     "AccelerationConfig",
     "BackboneConfig",
+    "BaselineConfig",
     "CheckpointConfig",
     "ConfigError",
     "DatasetConfig",
@@ -28,7 +29,11 @@ __all__ = [
     "LoggingConfig",
     "OfflineConfig",
     "OnlinePretrainConfig",
+    "PORLConfig",
+    "RLPDConfig",
     "RunConfig",
+    "SACEnsembleConfig",
+    "WSRLConfig",
     "check_types",
     "register_configs",
     "to_run_config",
@@ -56,6 +61,9 @@ class DatasetConfig:
     path: str | None = None
     size: int = 1_000_000
     generation_seed: int = 0
+    #: added to every reward the agent trains on, offline and online (AntMaze: -1, as IQL/SPOT);
+    #: evaluation reports the env's raw returns.
+    reward_shift: float = 0.0
 
 
 @dataclass
@@ -170,6 +178,85 @@ class CheckpointConfig:
     resume: bool = True
 
 
+# ------------------------------------------------------------------ seed systems (issue 7)
+@dataclass
+class SACEnsembleConfig:
+    """Networks and SAC hyperparameters shared by every baseline (RLPD's defaults).
+
+    ``target_entropy=None`` means ``-|A| / 2``. ``actor_every=None`` means "once per environment
+    step" (every ``utd`` updates, as RLPD's update); offline it is every update.
+    """
+
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    critic_layer_norm: bool = True
+    actor_layer_norm: bool = False
+    num_qvalue_nets: int = 10
+    num_min_qs: int = 2
+    gamma: float = 0.99
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    alpha_init: float = 1.0
+    target_entropy: float | None = None
+    backup_entropy: bool = True
+    actor_every: int | None = None
+
+
+@dataclass
+class RLPDConfig:
+    """RLPD online phase: ``start_steps`` uniform-random actions before learning, UTD ``utd``,
+    ``offline_fraction`` of every batch from ``B_off``."""
+
+    utd: int = 20
+    start_steps: int = 5_000
+    offline_fraction: float = 0.5
+
+
+@dataclass
+class WSRLConfig:
+    """WSRL: ``warmup_steps`` (K) of the frozen pre-trained policy, then UTD ``utd`` on online data.
+
+    ``warmup_deterministic``: act with the policy's mode during warm-up (default: sample it).
+    """
+
+    warmup_steps: int = 5_000
+    utd: int = 4
+    warmup_deterministic: bool = False
+
+
+@dataclass
+class PORLConfig:
+    """PORL: policy-only fine-tuning.
+
+    ``policy_source``: ``"bc"`` (behaviour cloning for ``bc_steps`` on ``B_off``) or ``"offline"``
+    (the RLPD-style offline phase's actor; its critics are discarded). ``presample_steps`` with the
+    frozen policy and epsilon-greedy exploration (``epsilon``: probability of a uniform action); the
+    first ``batch_size`` of them seed the buffer before any update. Both ``presample_steps`` and
+    ``epsilon`` are not given in the PORL summary available here: configuration, not fact.
+    """
+
+    utd: int = 16
+    presample_steps: int = 5_000
+    epsilon: float = 0.1
+    policy_source: str = "bc"
+    bc_steps: int = 100_000
+    bc_lr: float = 3e-4
+
+
+@dataclass
+class BaselineConfig:
+    """Which baseline and its settings; the rest (dataset, budgets, eval, logging, checkpoints,
+    acceleration) comes from :class:`~torchrl_opt.pipeline.config.RunConfig`."""
+
+    method: str = "rlpd"
+    sac: SACEnsembleConfig = field(default_factory=SACEnsembleConfig)
+    rlpd: RLPDConfig = field(default_factory=RLPDConfig)
+    wsrl: WSRLConfig = field(default_factory=WSRLConfig)
+    porl: PORLConfig = field(default_factory=PORLConfig)
+
+
+
 @dataclass
 class RunConfig:
     seed: int = 0
@@ -185,6 +272,11 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     acceleration: AccelerationConfig = field(default_factory=AccelerationConfig)
     run_dir: str | None = None
+    #: ``opt`` (this pipeline: OPT or, with ``finetune.use_q_on=false``, the backbone's vanilla
+    #: fine-tuning) or a seed system of :mod:`torchrl_opt.pipeline.baselines`: ``rlpd``,
+    #: ``rlpd_offline``, ``rlpd_opt``, ``wsrl``, ``porl`` (settings under ``baseline``).
+    system: str = "opt"
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 def register_configs() -> None:
@@ -207,6 +299,10 @@ def to_run_config(cfg: Any) -> RunConfig:
     if isinstance(cfg, RunConfig):
         check_types(cfg)
         return cfg
+    if OmegaConf.is_config(cfg):
+        # Hydra's `+key=value` lands on the node itself; as a plain container the merge into the
+        # structured schema rejects it like any other unknown key.
+        cfg = OmegaConf.to_container(cfg, resolve=True)
     try:
         structured = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
         out = OmegaConf.to_object(structured)

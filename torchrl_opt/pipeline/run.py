@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
-from torchrl.envs import ObservationNorm
+from torchrl.envs import ObservationNorm, RewardScaling
 from torchrl.envs.utils import ExplorationType
 
 from torchrl_opt.data.datasets import (
@@ -271,6 +271,8 @@ def load_dataset(cfg: RunConfig, device: torch.device) -> tuple[TensorDictBase, 
             f"dataset.source={ds.source!r} is not one of ('generated', 'minari', 'local_minari', 'd4rl_hdf5')"
         )
     data = load_offline_data(spec).select(*TRANSITION_KEYS)
+    if ds.reward_shift != 0.0:
+        data.set(("next", "reward"), data.get(("next", "reward")) + ds.reward_shift)
     meta = dataset_metadata(spec)
     ref = None
     if meta.ref_min_score is not None and meta.ref_max_score is not None:
@@ -321,7 +323,7 @@ class RunContext:
             self.obs_loc = obs.mean(0)
             self.obs_scale = obs.std(0) + 1e-3
             self._normalise_data()
-        probe = self.make_env(seed=cfg.seed)
+        probe = self.make_env(seed=cfg.seed, train=False)
         obs_dim = probe.observation_spec["observation"].shape[-1]
         if obs_dim != self.data["observation"].shape[-1]:
             raise SpaceMismatchError(
@@ -348,8 +350,12 @@ class RunContext:
         for key in ("observation", ("next", "observation")):
             self.data.set(key, (self.data.get(key) - self.obs_loc) / self.obs_scale)
 
-    def make_env(self, seed: int):
+    def make_env(self, seed: int, *, train: bool = True):
+        """The task's env (observation normalisation applied); ``train`` envs also get the
+        dataset's reward shift, evaluation envs report raw returns for the normalised score."""
         env = make_resumable_env(self.env_id, seed=seed)
+        if train and self.cfg.dataset.reward_shift != 0.0:
+            env.append_transform(RewardScaling(loc=self.cfg.dataset.reward_shift, scale=1.0))
         if self.obs_loc is not None:
             env.append_transform(
                 ObservationNorm(
@@ -361,7 +367,7 @@ class RunContext:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Deterministic returns of ``eval.episodes`` episodes on an env seeded by ``step``."""
-        env = self.make_env(seed=self.cfg.seed * 1_000_003 + step + 1)
+        env = self.make_env(seed=self.cfg.seed * 1_000_003 + step + 1, train=False)
         returns = evaluate_policy(
             self.agent.policy, env, self.cfg.eval.episodes, max_steps=self.cfg.eval.max_steps
         )
@@ -698,8 +704,20 @@ class RunContext:
 
 
 def run(cfg: RunConfig | Any) -> RunResult:
-    """Run the whole pipeline for ``cfg`` (a :class:`RunConfig`, a Hydra config or a dict)."""
+    """Run the whole pipeline for ``cfg`` (a :class:`RunConfig`, a Hydra config or a dict).
+
+    ``cfg.system`` other than ``"opt"`` runs that seed system (RLPD, RLPD+OPT, WSRL, PORL) from
+    :mod:`torchrl_opt.pipeline.baselines` on the same data, evaluation, logging and checkpoints.
+    """
     cfg = to_run_config(cfg)
+    if cfg.system != "opt":
+        from torchrl_opt.pipeline.baselines import BASELINE_METHODS, run_baseline
+
+        if cfg.system not in BASELINE_METHODS:
+            raise ConfigError(
+                f"system={cfg.system!r} is not one of {('opt', *BASELINE_METHODS)}"
+            )
+        return run_baseline(cfg, dataclasses.replace(cfg.baseline, method=cfg.system))
     state = None
     r = RunContext(cfg)
     state = r.load()

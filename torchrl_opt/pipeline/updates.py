@@ -31,6 +31,9 @@ __all__ = [
 
 StepFn = Callable[[TensorDictBase], TensorDictBase]
 
+#: Dynamo recompile limit applied when steps are compiled (see :func:`accelerate`).
+RECOMPILE_LIMIT = 64
+
 
 @dataclass
 class AccelerationConfig:
@@ -64,10 +67,17 @@ def should_accelerate(config: AccelerationConfig, device: torch.device) -> tuple
 def accelerate(
     step: StepFn, device: torch.device, config: AccelerationConfig | None = None
 ) -> StepFn:
-    """Compile and/or CUDA-graph ``step`` according to ``config`` (see :class:`AccelerationConfig`)."""
+    """Compile and/or CUDA-graph ``step`` according to ``config`` (see :class:`AccelerationConfig`).
+
+    Every step built by :func:`make_step` shares one code object, so Dynamo keeps one cache entry
+    per step closure; the recompile limit is raised to :data:`RECOMPILE_LIMIT` so that a run's
+    dozen steps never hit Dynamo's silent fall-back to eager.
+    """
     config = config or AccelerationConfig()
     compile_, cudagraphs = should_accelerate(config, device)
     if compile_:
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         step = torch.compile(step, mode=config.compile_mode)
     if cudagraphs:
         step = CudaGraphModule(step, warmup=config.warmup, device=torch.device(device))
