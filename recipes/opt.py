@@ -85,7 +85,7 @@ def _run_name(*parts: Any) -> str:
             # file systems cap a folder name at 255 bytes: long override lists become a stable
             # digest (the overrides themselves are in the run's .hydra/overrides.yaml)
             digest = hashlib.sha1(part.encode()).hexdigest()[:12]
-            part = f"{part[:MAX_NAME_PART - 14]}~{digest}"
+            part = f"{part[:MAX_NAME_PART - 14]}-h{digest}"
         names.append(part)
     return "-".join(names)
 

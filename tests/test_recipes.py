@@ -317,12 +317,14 @@ def test_recipe_subprocess_run_writes_summary_and_resumes(tmp_path):
     """
     proc = _recipe(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "hopper-random" / (
-        # Hydra's override_dirname: sorted overrides, logging.*/checkpoint.* excluded by opt.yaml,
-        # joined by "+" with "=" -> "_" (opt.yaml's item_sep / kv_sep)
-        "td3-opt-demo-" + "+".join(sorted(o for o in TINY if not o.startswith("logging.")
-                                          and not o.startswith("checkpoint."))).replace("=", "_")
-    ) / "seed0"
+    # Hydra's override_dirname: sorted overrides, logging.*/checkpoint.* excluded by opt.yaml,
+    # joined by "+" with "=" -> "_" (opt.yaml's item_sep / kv_sep); a long one ends in a digest
+    overrides = "+".join(sorted(o for o in TINY if not o.startswith("logging.")
+                                and not o.startswith("checkpoint."))).replace("=", "_")
+    assert len(overrides) > recipe.MAX_NAME_PART  # exercises the bounded directory name
+    run_dir = tmp_path / "runs" / "hopper-random" / recipe._run_name(
+        "td3", "opt", "demo", None, overrides) / "seed0"
+    assert len(run_dir.parent.name) < 255
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["run_dir"] == str(run_dir)
     assert summary["config"]["finetune"]["use_q_on"] is True
@@ -340,7 +342,8 @@ def test_recipe_subprocess_run_writes_summary_and_resumes(tmp_path):
     # the baseline reuses the finished offline phase instead of training it again
     reuse = _recipe(tmp_path, "method=baseline", f"offline.checkpoint={run_dir / 'offline.pt'}")
     assert reuse.returncode == 0, reuse.stderr[-3000:]
-    baseline_dir = run_dir.parent.parent / run_dir.parent.name.replace("-opt-", "-baseline-") / "seed0"
+    baseline_dir = run_dir.parent.parent / recipe._run_name(
+        "td3", "baseline", "demo", None, overrides) / "seed0"
     baseline = json.loads((baseline_dir / "summary.json").read_text())
     assert baseline["config"]["finetune"]["use_q_on"] is False
     assert "offline" not in baseline["updates"] and "pretrain" not in baseline["updates"]
