@@ -51,19 +51,14 @@ from tensordict.nn import (
     dispatch,
 )
 from tensordict.utils import NestedKey
-from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
-    ValueEstimators,
-    _vmap_func,
-    dispatch_value_estimator,
     distance_loss,
 )
 
-from torchrl_opt.objectives.utils import plain_params
+from torchrl_opt.objectives.common import DualCriticLoss
 
 __all__ = ["OPTIQLLoss", "expectile_loss"]
 
-_CRITICS = ("off", "on")
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -72,7 +67,7 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     return weight * diff.pow(2)
 
 
-class OPTIQLLoss(LossModule):
+class OPTIQLLoss(DualCriticLoss):
     """IQL loss of OPT with two (Q, V) pairs (Eq. 5 and 6 for each pair, Eq. 9 for the actor).
 
     Args:
@@ -138,12 +133,6 @@ class OPTIQLLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
 
     actor_network: TensorDictModule
     actor_network_params: TensorDictParams
@@ -239,43 +228,13 @@ class OPTIQLLoss(LossModule):
 
         device = next(iter(self.parameters())).device
         self.register_buffer("kappa", torch.tensor(float(kappa), device=device))
-        self._make_vmap()
-
-    def _convert_critic(self, network, name: str) -> None:
-        if isinstance(network, (list, tuple)):
-            if len(network) != self.num_qvalue_nets:
-                raise ValueError(
-                    f"{name} has {len(network)} modules but num_qvalue_nets={self.num_qvalue_nets}"
-                )
-            network = list(network)
-        self.convert_to_functional(
-            network, name, self.num_qvalue_nets, create_target_params=self.delay_qvalue
-        )
-
-    def _make_vmap(self) -> None:
-        self._vmap_qvalue = {}
-        for critic in self.critics:
-            self._vmap_qvalue[critic] = _vmap_func(
-                getattr(self, f"qvalue_{critic}_network"),
-                randomness=self.vmap_randomness,
-                pseudo_vmap=self.deactivate_vmap,
-            )
-
-    @property
-    def critics(self) -> tuple[str, ...]:
-        """The (Q, V) pairs this loss trains: ``("off",)`` or ``("off", "on")``."""
-        return _CRITICS if self.has_qvalue_on else ("off",)
+        self._finish_init()
 
     # ------------------------------------------------------------------ keys
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-        self._set_in_keys()
+    @property
+    def _bootstrap_key(self) -> NestedKey:
+        """IQL bootstraps from ``V_c(s')``, read from ``("next", value)``."""
+        return self.tensor_keys.value
 
     def _set_in_keys(self) -> None:
         keys = [
@@ -295,16 +254,6 @@ class OPTIQLLoss(LossModule):
                 *[("next", key) for key in self.value_on_network.in_keys],
             ]
         self._in_keys = list(dict.fromkeys(keys))
-
-    @property
-    def in_keys(self):
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values):
-        self._in_keys = values
 
     @property
     def out_keys(self) -> list[str]:
@@ -466,7 +415,7 @@ class OPTIQLLoss(LossModule):
         self, tensordict: TensorDictBase, params: TensorDictBase | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Expectile loss of ``V_on`` (Eq. 5), optionally at other parameters ``params``."""
-        self._require_online_pair()
+        self._require_qvalue_on()
         return self._value_loss("on", tensordict, params)
 
     def qvalue_on_loss(
@@ -476,7 +425,7 @@ class OPTIQLLoss(LossModule):
         value_params: TensorDictBase | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TD loss of ``Q_on`` (Eq. 6) at ``params``, with the target's ``V_on`` at ``value_params``."""
-        self._require_online_pair()
+        self._require_qvalue_on()
         return self._qvalue_loss("on", tensordict, params, value_params)
 
     def online_pretrain_loss(
@@ -492,7 +441,7 @@ class OPTIQLLoss(LossModule):
         The gradient therefore reaches ``V_on`` only through ``L_V_on`` and ``Q_on`` only through
         ``L_Q_on``. The function is pure in ``params`` (no in-place ops, no host syncs).
         """
-        self._require_online_pair()
+        self._require_qvalue_on()
         if params is None:
             q_params = v_params = None
         else:
@@ -504,21 +453,6 @@ class OPTIQLLoss(LossModule):
         metadata["loss_value_on"] = loss_value.detach()
         metadata["loss_qvalue_on"] = loss_qvalue.detach()
         return loss_qvalue + loss_value, metadata
-
-    def online_params(self) -> TensorDictBase:
-        """The live parameters that online pre-training trains, keyed by :attr:`online_param_names`."""
-        self._require_online_pair()
-        return TensorDict(
-            {name: plain_params(getattr(self, name)) for name in self.online_param_names},
-            batch_size=[],
-        )
-
-    def _require_online_pair(self) -> None:
-        if not self.has_qvalue_on:
-            raise RuntimeError(
-                "This OPTIQLLoss was built without qvalue_on_network/value_on_network; "
-                "the online losses are undefined."
-            )
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -532,25 +466,3 @@ class OPTIQLLoss(LossModule):
         return out
 
     # ------------------------------------------------------------------ value estimator
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        """Choose how TD targets are built (TD0 by default; ``gamma`` set here, default 0.99).
-
-        The estimator reads ``V_c(s')`` from ``("next", value)``, which the Q loss fills per pair.
-        """
-        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
-        if value_type is None:
-            return self
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value": self.tensor_keys.value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hp,
-        )
-        return self

@@ -50,22 +50,17 @@ from tensordict.utils import NestedKey
 from torchrl.data.tensor_specs import Composite, TensorSpec
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from torchrl.modules.distributions.utils import rsample_and_log_prob
-from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
-    ValueEstimators,
-    _vmap_func,
-    dispatch_value_estimator,
     distance_loss,
 )
 
-from torchrl_opt.objectives.utils import plain_params
+from torchrl_opt.objectives.common import DualCriticLoss
 
 __all__ = ["EnsembleSACLoss", "OPTEnsembleSACLoss"]
 
-_CRITICS = ("off", "on")
 
 
-class EnsembleSACLoss(LossModule):
+class EnsembleSACLoss(DualCriticLoss):
     """SAC with an ``N``-critic ensemble, random-subset min targets and an ensemble-mean actor loss.
 
     Args:
@@ -121,12 +116,6 @@ class EnsembleSACLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
 
     actor_network: TensorDictModule
     qvalue_off_network: TensorDictModule
@@ -139,7 +128,6 @@ class EnsembleSACLoss(LossModule):
     target_qvalue_on_network_params: TensorDictParams
 
     #: names of the parameter groups that online pre-training trains (see MetaAdaptationLoss).
-    online_param_names: tuple[str, ...] = ("qvalue_on_network_params",)
 
     def __init__(
         self,
@@ -219,71 +207,12 @@ class EnsembleSACLoss(LossModule):
             ),
         )
         self.register_buffer("kappa", torch.tensor(float(kappa), device=device))
-        self._make_vmap()
-        self._set_in_keys()
-        self.make_value_estimator(self.default_value_estimator)
-
-    def _convert_critic(self, network, name: str) -> None:
-        if isinstance(network, (list, tuple)):
-            if len(network) != self.num_qvalue_nets:
-                raise ValueError(
-                    f"{name} has {len(network)} modules but num_qvalue_nets={self.num_qvalue_nets}"
-                )
-            network = list(network)
-        self.convert_to_functional(network, name, self.num_qvalue_nets, create_target_params=True)
-
-    def _make_vmap(self) -> None:
-        self._vmap_qvalue = {
-            critic: _vmap_func(
-                getattr(self, f"qvalue_{critic}_network"),
-                randomness=self.vmap_randomness,
-                pseudo_vmap=self.deactivate_vmap,
-            )
-            for critic in self.critics
-        }
-
-    @property
-    def critics(self) -> tuple[str, ...]:
-        """The ensembles this loss trains: ``("off",)`` or ``("off", "on")``."""
-        return _CRITICS if self.has_qvalue_on else ("off",)
+        self._finish_init()
 
     @property
     def alpha(self) -> torch.Tensor:
         """The temperature ``exp(log_alpha)`` (detached)."""
         return self.log_alpha.detach().exp()
-
-    # ------------------------------------------------------------------ keys
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.state_action_value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-        self._set_in_keys()
-
-    def _set_in_keys(self) -> None:
-        keys = [
-            self.tensor_keys.action,
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
-            *self.actor_network.in_keys,
-            *[("next", key) for key in self.actor_network.in_keys],
-            *self.qvalue_off_network.in_keys,
-        ]
-        self._in_keys = list(dict.fromkeys(keys))
-
-    @property
-    def in_keys(self):
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values):
-        self._in_keys = values
 
     @property
     def out_keys(self) -> list[str]:
@@ -474,50 +403,12 @@ class EnsembleSACLoss(LossModule):
         on_params = None if params is None else params["qvalue_on_network_params"]
         return self.qvalue_on_loss(tensordict, on_params)
 
-    def online_params(self) -> TensorDictBase:
-        """The live ``Q_on`` parameters keyed by :attr:`online_param_names` (a plain TensorDict whose
-        leaves are the loss's own ``nn.Parameter`` objects, a pytree for ``torch.func``)."""
-        self._require_qvalue_on()
-        return TensorDict(
-            {name: plain_params(getattr(self, name)) for name in self.online_param_names},
-            batch_size=[],
-        )
-
-    def _require_qvalue_on(self) -> None:
-        if not self.has_qvalue_on:
-            raise RuntimeError(
-                f"This {type(self).__name__} was built without qvalue_on_network; Q_on losses are "
-                "undefined."
-            )
-
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """All losses on one batch: ``loss_actor``, ``loss_alpha`` and each ensemble's TD loss."""
         out = self.qvalue_losses(tensordict)
         out.update(self.actor_alpha_losses(tensordict))
         return out
-
-    # ------------------------------------------------------------------ value estimator
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        """Choose how TD targets are built (TD0 by default; ``gamma`` set here, default 0.99)."""
-        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
-        if value_type is None:
-            return self
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value": self.tensor_keys.state_action_value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hp,
-        )
-        return self
-
 
 class OPTEnsembleSACLoss(EnsembleSACLoss):
     """RLPD+OPT: :class:`EnsembleSACLoss` with a mandatory online ensemble ``Q_on`` and kappa mixing.

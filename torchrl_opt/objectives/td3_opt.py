@@ -37,22 +37,17 @@ from tensordict.utils import NestedKey
 from torch import nn
 from torchrl.data.tensor_specs import Bounded, Composite, TensorSpec
 from torchrl.envs.utils import step_mdp
-from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
-    ValueEstimators,
-    _vmap_func,
-    dispatch_value_estimator,
     distance_loss,
 )
 
-from torchrl_opt.objectives.utils import plain_params
+from torchrl_opt.objectives.common import DualCriticLoss
 
 __all__ = ["OPTLoss"]
 
-_CRITICS = ("off", "on")
 
 
-class OPTLoss(LossModule):
+class OPTLoss(DualCriticLoss):
     """Dual-critic TD3 loss of OPT (Eq. 2 for each critic, Eq. 4 for the actor).
 
     Args:
@@ -108,12 +103,6 @@ class OPTLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
 
     actor_network: TensorDictModule
     qvalue_off_network: TensorDictModule
@@ -125,8 +114,6 @@ class OPTLoss(LossModule):
     qvalue_on_network_params: TensorDictParams
     target_qvalue_on_network_params: TensorDictParams
 
-    #: names of the parameter groups that online pre-training trains (see MetaAdaptationLoss).
-    online_param_names: tuple[str, ...] = ("qvalue_on_network_params",)
 
     def __init__(
         self,
@@ -182,79 +169,16 @@ class OPTLoss(LossModule):
         self.convert_to_functional(
             actor_network, "actor_network", create_target_params=delay_actor
         )
-        self._convert_critic(qvalue_off_network, "qvalue_off_network")
+        self._convert_critic(qvalue_off_network, "qvalue_off_network", target=delay_qvalue)
         if self.has_qvalue_on:
-            self._convert_critic(qvalue_on_network, "qvalue_on_network")
+            self._convert_critic(qvalue_on_network, "qvalue_on_network", target=delay_qvalue)
 
         device = next(iter(self.parameters())).device
         low, high = _action_bounds(action_spec, bounds, self.tensor_keys.action)
         self.register_buffer("min_action", low.to(device))
         self.register_buffer("max_action", high.to(device))
         self.register_buffer("kappa", torch.tensor(float(kappa), device=device))
-        self._make_vmap()
-        # Resolve lazily-built state now, so the first compiled call does not guard on it.
-        self._set_in_keys()
-        self.make_value_estimator(self.default_value_estimator)
-
-    def _convert_critic(self, network, name: str) -> None:
-        if isinstance(network, (list, tuple)):
-            if len(network) != self.num_qvalue_nets:
-                raise ValueError(
-                    f"{name} has {len(network)} modules but num_qvalue_nets={self.num_qvalue_nets}"
-                )
-            network = list(network)
-        self.convert_to_functional(
-            network, name, self.num_qvalue_nets, create_target_params=self.delay_qvalue
-        )
-
-    def _make_vmap(self) -> None:
-        self._vmap_qvalue = {}
-        for critic in _CRITICS:
-            if critic == "on" and not self.has_qvalue_on:
-                continue
-            self._vmap_qvalue[critic] = _vmap_func(
-                getattr(self, f"qvalue_{critic}_network"),
-                randomness=self.vmap_randomness,
-                pseudo_vmap=self.deactivate_vmap,
-            )
-
-    @property
-    def critics(self) -> tuple[str, ...]:
-        """The critics this loss trains: ``("off",)`` or ``("off", "on")``."""
-        return _CRITICS if self.has_qvalue_on else ("off",)
-
-    # ------------------------------------------------------------------ keys
-    def _forward_value_estimator_keys(self, **kwargs) -> None:
-        if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.state_action_value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
-        self._set_in_keys()
-
-    def _set_in_keys(self) -> None:
-        keys = [
-            self.tensor_keys.action,
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
-            *self.actor_network.in_keys,
-            *[("next", key) for key in self.actor_network.in_keys],
-            *self.qvalue_off_network.in_keys,
-        ]
-        self._in_keys = list(dict.fromkeys(keys))
-
-    @property
-    def in_keys(self):
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values):
-        self._in_keys = values
+        self._finish_init()
 
     @property
     def out_keys(self) -> list[str]:
@@ -409,24 +333,6 @@ class OPTLoss(LossModule):
         on_params = None if params is None else params["qvalue_on_network_params"]
         return self.qvalue_on_loss(tensordict, on_params)
 
-    def online_params(self) -> TensorDictBase:
-        """The live parameters that online pre-training trains, keyed by :attr:`online_param_names`.
-
-        A plain TensorDict whose leaves are the loss's own ``nn.Parameter`` objects (not copies), so
-        ``torch.func`` transforms can take it as a pytree and gradients land on the live parameters.
-        """
-        self._require_qvalue_on()
-        return TensorDict(
-            {name: plain_params(getattr(self, name)) for name in self.online_param_names},
-            batch_size=[],
-        )
-
-    def _require_qvalue_on(self) -> None:
-        if not self.has_qvalue_on:
-            raise RuntimeError(
-                "This OPTLoss was built without qvalue_on_network; Q_on losses are undefined."
-            )
-
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """All losses on one batch: ``loss_actor`` (Eq. 4) and each critic's TD loss (Eq. 2)."""
@@ -436,28 +342,6 @@ class OPTLoss(LossModule):
         out.set("kappa", self.kappa.detach().clone())
         out.update(metadata_actor)
         return out
-
-    # ------------------------------------------------------------------ value estimator
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        """Choose how TD targets are built (TD0 by default; ``gamma`` set here, default 0.99)."""
-        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
-        if value_type is None:
-            return self
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value": self.tensor_keys.state_action_value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,
-            **hp,
-        )
-        return self
-
 
 def _action_bounds(
     action_spec: TensorSpec | None,
