@@ -406,12 +406,18 @@ def test_device_auto_selection_flags_on_cpu():
 # --------------------------------------------------------------------------- compiled path
 @pytest.mark.compile
 @pytest.mark.parametrize(("algo", "backend"), [("sac", "inductor"), ("td3", "aot_eager")])
-def test_compiled_cpu_update_matches_eager(algo, backend, monkeypatch):
+def test_compiled_cpu_update_matches_eager(algo, backend):
     import torch._inductor.config as inductor_config
     from torch._dynamo.utils import counters
 
-    # Inductor draws random numbers its own way unless told to use eager's generator.
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    # Inductor draws random numbers its own way unless told to use eager's generator. (Use the
+    # config's own patch: monkeypatch.setattr on a torch config module deletes the key on
+    # teardown under newer pytest, breaking every later compile.)
+    with inductor_config.patch(fallback_random=True):
+        _compiled_update_matches_eager(algo, backend, counters)
+
+
+def _compiled_update_matches_eager(algo, backend, counters):
     torch._dynamo.reset()
     counters.clear()
     spec = _spec()
