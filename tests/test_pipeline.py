@@ -622,3 +622,35 @@ def test_reward_shift_applies_to_training_data_and_env_not_to_evaluation(tmp_pat
         rewards[train] = torch.stack(out)
         env.close()
     torch.testing.assert_close(rewards[True], rewards[False] - 1.0)
+
+
+@pytest.mark.parametrize("backbone", ["td3", "iql"])
+def test_functional_steps_reproduce_the_default_pipeline(tmp_path, backbone):
+    """``acceleration.functional`` (torch.func gradient + tensor Adam) is the same maths as the
+    default ``torch.optim`` steps: a whole tiny run logs the same history."""
+    reference = runmod.run(tiny_cfg(tmp_path / "default", backbone))
+    cfg = tiny_cfg(tmp_path / "functional", backbone)
+    cfg.acceleration.functional = True
+    functional = runmod.run(cfg)
+    assert functional.history.keys() == reference.history.keys()
+    for key, series in reference.history.items():
+        _assert_series_close(functional.history[key], series, rel=1e-5)
+
+
+@pytest.mark.parametrize("phase,step", [("pretrain", CHECKPOINT_EVERY), ("finetune", CHECKPOINT_EVERY)])
+def test_functional_steps_resume_exactly(phase, step, tmp_path, monkeypatch):
+    """FunctionalAdam's state goes through the same checkpoints: a killed functional run resumes
+    to the uninterrupted functional run's metrics exactly."""
+    def cfg_at(path):
+        cfg = tiny_cfg(path, "td3", True)
+        cfg.acceleration.functional = True
+        return cfg
+
+    reference = runmod.run(cfg_at(tmp_path / "reference"))
+    cfg = cfg_at(tmp_path / "run")
+    with monkeypatch.context() as mp:
+        _kill_after_checkpoint(mp, phase, step)
+        with pytest.raises(_Kill):
+            runmod.run(cfg)
+    resumed = runmod.run(cfg)
+    assert resumed.history == reference.history

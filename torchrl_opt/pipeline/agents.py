@@ -41,6 +41,11 @@ from torchrl_opt.objectives.spot import SPOTVAE, SPOTDensityPenalty, SPOTVAELoss
 from torchrl_opt.objectives.td3_opt import OPTLoss
 from torchrl_opt.pipeline.checkpoint import CheckpointError
 from torchrl_opt.pipeline.config import BackboneConfig, OnlinePretrainConfig
+from torchrl_opt.pipeline.functional import (
+    FunctionalAdam,
+    make_functional_step,
+    target_update_pairs,
+)
 from torchrl_opt.pipeline.updates import (
     AccelerationConfig,
     StepFn,
@@ -64,7 +69,7 @@ class UpdateSpec:
 
     name: str
     step: StepFn
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | FunctionalAdam
     every: int = 1
 
 
@@ -238,6 +243,7 @@ class Agent(nn.Module):
             "pretrain", meta, ("loss_pretrain",), meta.online_parameters(), cfg.lr,
             device=self.device, acceleration=self.acceleration,
             target_updater=OnlineTargetUpdate(loss, self.cfg.tau),
+            loss_module=loss, param_names=loss.online_param_names,
         )
 
 
@@ -311,8 +317,26 @@ def make_update_spec(
     acceleration: AccelerationConfig | None = None,
     every: int = 1,
     target_updater: SoftUpdate | OnlineTargetUpdate | None = None,
+    loss_module: LossModule | None = None,
+    param_names: tuple[str, ...] = (),
 ) -> UpdateSpec:
-    """One named update step with its own Adam, compiled/graphed per ``acceleration``."""
+    """One named update step with its own Adam, compiled/graphed per ``acceleration``.
+
+    With ``acceleration.functional`` and a ``loss_module`` whose trained groups are
+    ``param_names``, the step is :func:`~torchrl_opt.pipeline.functional.make_functional_step`
+    (same maths, one capturable graph) and its optimiser a ``FunctionalAdam``.
+    """
+    acceleration = acceleration or AccelerationConfig()
+    if acceleration.functional and loss_module is not None:
+        pairs, tau = (
+            ([], 0.0)
+            if target_updater is None
+            else target_update_pairs(target_updater, loss_module)
+        )
+        step = make_functional_step(
+            loss_module, param_names, loss_fn, loss_keys, lr, target_updater_pairs=pairs, tau=tau
+        )
+        return UpdateSpec(name, accelerate(step, device, acceleration), step.optimizer, every)
     optimizer = make_optimizer(params, lr, device, acceleration)
     step = make_step(loss_fn, loss_keys, optimizer, target_updater=target_updater)
     return UpdateSpec(name, accelerate(step, device, acceleration), optimizer, every)
@@ -336,29 +360,44 @@ def make_update_specs(
     actor_params = _params_of(loss, "actor_network_params")
     qvalue_keys = tuple(f"loss_qvalue_{c}" for c in loss.critics)
     actor_loss = _method(loss.actor_loss, "loss_actor")
-    kw = {"device": device, "acceleration": acceleration}
+    kw = {"device": device, "acceleration": acceleration, "loss_module": loss}
+    critic_names = _names(loss, "qvalue_off_network_params", "qvalue_on_network_params")
+    actor_names = ("actor_network_params",)
     if cfg.name == "iql":
         value_params = _params_of(loss, "value_off_network_params") + _params_of(
             loss, "value_on_network_params"
         )
         value_keys = tuple(f"loss_value_{c}" for c in loss.critics)
+        value_names = _names(loss, "value_off_network_params", "value_on_network_params")
         return [
-            make_update_spec("value", loss.value_loss, value_keys, value_params, cfg.value_lr, **kw),
-            make_update_spec("actor", actor_loss, ("loss_actor",), actor_params, cfg.actor_lr, **kw),
+            make_update_spec(
+                "value", loss.value_loss, value_keys, value_params, cfg.value_lr,
+                param_names=value_names, **kw,
+            ),
+            make_update_spec(
+                "actor", actor_loss, ("loss_actor",), actor_params, cfg.actor_lr,
+                param_names=actor_names, **kw,
+            ),
             make_update_spec(
                 "qvalue", loss.qvalue_loss, qvalue_keys, critic_params, cfg.critic_lr,
-                target_updater=target_updater, **kw,
+                target_updater=target_updater, param_names=critic_names, **kw,
             ),
         ]
     return [
         make_update_spec(
-            "critic", loss.qvalue_losses, qvalue_keys, critic_params, cfg.critic_lr, **kw
+            "critic", loss.qvalue_losses, qvalue_keys, critic_params, cfg.critic_lr,
+            param_names=critic_names, **kw,
         ),
         make_update_spec(
             "actor", actor_loss, ("loss_actor",), actor_params, cfg.actor_lr,
-            every=cfg.actor_delay, target_updater=target_updater, **kw,
+            every=cfg.actor_delay, target_updater=target_updater, param_names=actor_names, **kw,
         ),
     ]
+
+
+def _names(loss: LossModule, *names: str) -> tuple[str, ...]:
+    """The parameter groups among ``names`` that ``loss`` has."""
+    return tuple(name for name in names if name in loss._modules)
 
 
 def _params_of(loss: LossModule, name: str) -> list[nn.Parameter]:

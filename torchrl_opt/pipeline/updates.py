@@ -45,12 +45,16 @@ class AccelerationConfig:
         compile_mode: ``torch.compile`` mode (``None`` = default; ``"reduce-overhead"`` is redundant
             with ``cudagraphs``).
         warmup: eager calls before a CUDA graph is captured.
+        functional: build steps with :mod:`torchrl_opt.pipeline.functional` (``torch.func``
+            gradient + tensor Adam + Polyak targets in one function), which ``torch.compile``
+            captures as a single graph (``fullgraph=True``); off by default.
     """
 
     compile: bool | None = None
     cudagraphs: bool | None = None
     compile_mode: str | None = None
     warmup: int = 5
+    functional: bool = False
 
 
 def should_accelerate(config: AccelerationConfig, device: torch.device) -> tuple[bool, bool]:
@@ -78,7 +82,7 @@ def accelerate(
     if compile_:
         dynamo_config = torch._dynamo.config
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-        step = torch.compile(step, mode=config.compile_mode)
+        step = torch.compile(step, mode=config.compile_mode, fullgraph=config.functional)
     if cudagraphs:
         step = CudaGraphModule(step, warmup=config.warmup, device=torch.device(device))
     return step

@@ -1,0 +1,189 @@
+"""Microbenchmark: eager ``make_step`` vs compiled ``make_step`` vs compiled functional step.
+
+For the OPT fine-tuning critic step (both twins), the actor step (+ Polyak update of every target)
+and the meta-adaptation pre-training step, it times the pipeline's eager step, the same step under
+``torch.compile`` (graph breaks at backward / optimizer.step), and the functional step of
+:mod:`torchrl_opt.pipeline.functional` (eager and ``torch.compile(fullgraph=True)``). Then it times
+the seed-batched functional critic step for ``S = 1`` and ``S = --seeds`` seeds in one graph. Not a
+test; prints microseconds per call.
+
+    python benchmarks/bench_functional.py                      # CPU, 1 thread, 256-wide, batch 256
+    python benchmarks/bench_functional.py --device cuda        # + CUDA-graphed variants
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import CudaGraphModule
+from torchrl.data import Bounded
+
+from torchrl_opt.models import make_qvalue_ensemble, make_td3_actor
+from torchrl_opt.objectives.meta import MetaAdaptationLoss
+from torchrl_opt.objectives.td3_opt import OPTLoss
+from torchrl_opt.pipeline.agents import (
+    OnlineTargetUpdate,
+    _method,
+    make_update_spec,
+    soft_update_keeping_targets,
+)
+from torchrl_opt.pipeline.functional import (
+    SeedBatchedStep,
+    make_functional_step,
+    target_update_pairs,
+)
+from torchrl_opt.pipeline.updates import AccelerationConfig
+
+CRITICS = ("qvalue_off_network_params", "qvalue_on_network_params")
+CRITIC_KEYS = ("loss_qvalue_off", "loss_qvalue_on")
+
+
+def _batch(n: int, obs_dim: int, act_dim: int, device: torch.device) -> TensorDict:
+    done = torch.zeros(n, 1, dtype=torch.bool, device=device)
+    return TensorDict(
+        {
+            "observation": torch.randn(n, obs_dim, device=device),
+            "action": torch.rand(n, act_dim, device=device) * 2 - 1,
+            ("next", "observation"): torch.randn(n, obs_dim, device=device),
+            ("next", "reward"): torch.randn(n, 1, device=device),
+            ("next", "done"): done,
+            ("next", "terminated"): done.clone(),
+        },
+        [n],
+        device=device,
+    )
+
+
+def _loss(args, device: torch.device, seed: int = 0) -> OPTLoss:
+    torch.manual_seed(seed)
+    spec = Bounded(-torch.ones(args.act_dim), torch.ones(args.act_dim), (args.act_dim,))
+    hidden = (args.hidden, args.hidden)
+    loss = OPTLoss(
+        make_td3_actor(args.obs_dim, spec, hidden),
+        make_qvalue_ensemble(args.obs_dim, args.act_dim, 2, hidden),
+        make_qvalue_ensemble(args.obs_dim, args.act_dim, 2, hidden),
+        action_spec=spec,
+        kappa=0.5,
+    )
+    return loss.to(device)
+
+
+def _time(fn: Callable[[], object], iters: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters * 1e6
+
+
+def _pipeline_steps(loss, acceleration, device):
+    kw = {"device": device, "acceleration": acceleration}
+    updater = soft_update_keeping_targets(loss, 0.005)
+    params = lambda names: [p for n in names for p in getattr(loss, n).values(True, True)]
+    meta = MetaAdaptationLoss(loss, alpha=3e-4)
+    return {
+        "critic": make_update_spec("critic", loss.qvalue_losses, CRITIC_KEYS, params(CRITICS),
+                                   3e-4, **kw).step,
+        "actor": make_update_spec("actor", _method(loss.actor_loss, "loss_actor"), ("loss_actor",),
+                                  params(("actor_network_params",)), 3e-4,
+                                  target_updater=updater, **kw).step,
+        "meta": make_update_spec("pretrain", meta, ("loss_pretrain",), meta.online_parameters(),
+                                 3e-4, target_updater=OnlineTargetUpdate(loss, 0.005), **kw).step,
+    }
+
+
+def _functional_steps(loss):
+    pairs, weight = target_update_pairs(soft_update_keeping_targets(loss, 0.005), loss)
+    on_pairs, on_weight = target_update_pairs(OnlineTargetUpdate(loss, 0.005), loss)
+    meta = MetaAdaptationLoss(loss, alpha=3e-4)
+    return {
+        "critic": make_functional_step(loss, CRITICS, loss.qvalue_losses, CRITIC_KEYS, 3e-4),
+        "actor": make_functional_step(loss, ("actor_network_params",),
+                                      _method(loss.actor_loss, "loss_actor"), ("loss_actor",),
+                                      3e-4, target_updater_pairs=pairs, tau=weight),
+        "meta": make_functional_step(loss, loss.online_param_names, meta, ("loss_pretrain",),
+                                     3e-4, target_updater_pairs=on_pairs, tau=on_weight),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--obs-dim", type=int, default=17)
+    parser.add_argument("--act-dim", type=int, default=6)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--kinds", default="critic,actor,meta")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch._dynamo.config.recompile_limit = 64
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    batch = _batch(args.batch_size, args.obs_dim, args.act_dim, device)
+    pair = TensorDict(offline=batch, online=_batch(args.batch_size, args.obs_dim, args.act_dim,
+                                                   device))
+    inputs = {"critic": batch, "actor": batch, "meta": pair}
+    kinds = args.kinds.split(",")
+    print(f"device={device} threads={args.threads} hidden={args.hidden}x2 batch={args.batch_size} "
+          f"(us per call)")
+
+    modes: dict[str, dict[str, Callable]] = {}
+    modes["eager make_step"] = _pipeline_steps(_loss(args, device), AccelerationConfig(
+        compile=False, cudagraphs=False), device)
+    modes["compiled make_step"] = _pipeline_steps(_loss(args, device), AccelerationConfig(
+        compile=True, cudagraphs=False), device)
+    modes["eager functional"] = _functional_steps(_loss(args, device))
+    modes["compiled functional"] = {
+        k: torch.compile(s, fullgraph=True) for k, s in _functional_steps(_loss(args, device)).items()
+    }
+    if on_cuda:
+        modes["graphed make_step"] = _pipeline_steps(_loss(args, device), AccelerationConfig(
+            compile=True, cudagraphs=True), device)
+        modes["graphed functional"] = {
+            k: CudaGraphModule(torch.compile(s, fullgraph=True), warmup=3, device=device)
+            for k, s in _functional_steps(_loss(args, device)).items()
+        }
+    results: dict[str, dict[str, float]] = {}
+    for mode, steps in modes.items():
+        for kind in kinds:
+            step, x = steps[kind], inputs[kind]
+            compile_start = time.perf_counter()
+            step(x)
+            first = time.perf_counter() - compile_start
+            us = _time(lambda step=step, x=x: step(x), args.iters, args.warmup, device)
+            results.setdefault(kind, {})[mode] = us
+            print(f"  {kind:7s} {mode:22s} {us:10.0f}   (first call {first:6.1f} s)", flush=True)
+    for kind, row in results.items():
+        base = row["eager make_step"]
+        ratios = ", ".join(f"{m}: {base / v:.2f}x" for m, v in row.items() if m != "eager make_step")
+        print(f"{kind}: speed-up over eager make_step -> {ratios}")
+
+    print("seed-batched compiled functional critic step (S seeds in one graph):")
+    for S in sorted({1, args.seeds}):
+        losses = [_loss(args, device, seed=s) for s in range(S)]
+        step = SeedBatchedStep(losses, _functional_steps(losses[0])["critic"])
+        step = torch.compile(step, fullgraph=True)
+        if on_cuda:
+            step = CudaGraphModule(step, warmup=3, device=device)
+        sbatch = torch.stack([_batch(args.batch_size, args.obs_dim, args.act_dim, device)
+                              for _ in range(S)])
+        step(sbatch)
+        us = _time(lambda step=step, b=sbatch: step(b), args.iters, args.warmup, device)
+        print(f"  S={S}: {us:10.0f} us per call for all seeds, {us / S:10.0f} us per seed")
+
+
+if __name__ == "__main__":
+    main()
