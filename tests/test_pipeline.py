@@ -654,3 +654,12 @@ def test_functional_steps_resume_exactly(phase, step, tmp_path, monkeypatch):
             runmod.run(cfg)
     resumed = runmod.run(cfg)
     assert resumed.history == reference.history
+
+
+def test_zero_finetune_steps_takes_no_env_step(tmp_path):
+    """``finetune.env_steps=0`` stops after online pre-training: no fine-tuning transition, no update."""
+    cfg = tiny_cfg(tmp_path, "td3", True)
+    cfg.finetune.env_steps = 0
+    result = runmod.run(cfg)
+    assert result.summary["updates"]["finetune"] == 0
+    assert not any(key.startswith("finetune/") for key in result.history)

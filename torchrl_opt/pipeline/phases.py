@@ -276,6 +276,9 @@ def finetune(
     logger.start_phase("fine-tuning", env_steps, start)
     metrics: dict = {}
     env_step = start
+    if env_step >= env_steps:  # nothing left to do (e.g. finetune.env_steps=0)
+        logger.close_phase()
+        return update_count
     for batch in collector:
         batch = batch.reshape(-1)
         for transition_index in range(batch.shape[0]):
