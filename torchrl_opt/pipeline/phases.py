@@ -185,9 +185,10 @@ def collect_online(
     with torch.no_grad():
         for batch in collector:
             chunks.append(batch.reshape(-1))
-            collected += batch.numel()
+            kept = min(batch.numel(), num_steps - collected)  # the last batch may overshoot
+            collected += kept
             if logger is not None:
-                logger.advance(batch.numel())
+                logger.advance(kept)
     collector.shutdown()
     if logger is not None:
         logger.close_phase()
