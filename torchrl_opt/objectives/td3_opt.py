@@ -206,6 +206,18 @@ class OPTLoss(DualCriticLoss):
         out = self._vmap_qvalue[critic](td, params)
         return out.get(self.tensor_keys.state_action_value).squeeze(-1)
 
+    def _first_critic_value(self, critic: str, tensordict: TensorDictBase) -> torch.Tensor:
+        """``Q_c,1(s, a)`` with detached parameters (the actor's gradient only), shape ``[*batch]``.
+
+        Only the first member is evaluated: TD3's actor maximises the first critic of the twin.
+        """
+        network = getattr(self, f"qvalue_{critic}_network")
+        params = getattr(self, f"qvalue_{critic}_network_params")[0].detach()
+        td = tensordict.select(*network.in_keys, strict=False)
+        with params.to_module(network, preserve_module_state=False):
+            out = network(td)
+        return out.get(self.tensor_keys.state_action_value).squeeze(-1)
+
     def _actor_action(self, tensordict: TensorDictBase, params: TensorDictBase) -> TensorDictBase:
         td = tensordict.select(*self.actor_network.in_keys, strict=False)
         with params.to_module(self.actor_network, preserve_module_state=False):
@@ -266,12 +278,7 @@ class OPTLoss(DualCriticLoss):
         """Eq. 4 (with the optional BC term, Q normalisation and penalty)."""
         weights = self._maybe_get_priority_weight(tensordict)
         actor_td = self._actor_action(tensordict, self.actor_network_params)
-        q_first = {
-            critic: self._critic_values(
-                critic, actor_td, getattr(self, f"qvalue_{critic}_network_params").detach()
-            )[0]
-            for critic in self.critics
-        }
+        q_first = {critic: self._first_critic_value(critic, actor_td) for critic in self.critics}
         q_mix = q_first["off"]
         if self.has_qvalue_on:
             q_mix = (1 - self.kappa) * q_first["off"] + self.kappa * q_first["on"]
