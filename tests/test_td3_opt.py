@@ -289,3 +289,19 @@ def test_compiled_forward_backward_matches_eager_and_sees_new_kappa():
             else:
                 torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
     fallback_random.__exit__(None, None, None)
+
+
+def test_set_keys_renames_the_reward_the_td_target_reads():
+    spec, actor, q_off, q_on = _nets()
+    loss = OPTLoss(actor, q_off, q_on, action_spec=spec)
+    batch = transition_batch(16)
+    torch.manual_seed(2)
+    expected = loss.qvalue_losses(batch.clone())
+    loss.set_keys(reward="rew")
+    renamed = batch.clone()
+    renamed.rename_key_(("next", "reward"), ("next", "rew"))
+    torch.manual_seed(2)
+    out = loss.qvalue_losses(renamed)
+    torch.testing.assert_close(out["loss_qvalue_on"], expected["loss_qvalue_on"])
+    with pytest.raises(ValueError, match="not an accepted tensordict key"):
+        loss.set_keys(value="v")

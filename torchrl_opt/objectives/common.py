@@ -10,6 +10,8 @@ This base class holds that plumbing once; subclasses keep the equations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
@@ -35,6 +37,29 @@ class DualCriticLoss(LossModule):
     convert their critics with :meth:`_convert_critic`, then call :meth:`_finish_init`.
     """
 
+    @dataclass
+    class _AcceptedKeys:
+        """Configurable tensordict keys (``set_keys``), as in :class:`~torchrl.objectives.TD3Loss`.
+
+        Attributes:
+            action: the action key. Defaults to ``"action"``.
+            state_action_value: the critics' output key. Defaults to ``"state_action_value"``.
+            priority: unused by OPT (balanced replay sets priorities from the density ratio); kept
+                for TorchRL compatibility. Defaults to ``"td_error"``.
+            reward, done, terminated: keys read under ``"next"``.
+            priority_weight: importance weights from a prioritised buffer.
+        """
+
+        action: NestedKey = "action"
+        state_action_value: NestedKey = "state_action_value"
+        priority: NestedKey = "td_error"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        priority_weight: NestedKey = "priority_weight"
+
+    tensor_keys: _AcceptedKeys
+    default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = (
         ValueEstimators.TD0,

@@ -109,27 +109,11 @@ class OPTIQLLoss(DualCriticLoss):
     """
 
     @dataclass
-    class _AcceptedKeys:
-        """Configurable tensordict keys (``set_keys``), as in :class:`~torchrl.objectives.IQLLoss`.
-
-        Attributes:
-            value: the state-value networks' output key. Defaults to ``"state_value"``.
-            action: the action key. Defaults to ``"action"``.
-            state_action_value: the critics' output key. Defaults to ``"state_action_value"``.
-            priority: unused by OPT (balanced replay sets priorities from the density ratio); kept
-                for TorchRL compatibility. Defaults to ``"td_error"``.
-            reward, done, terminated: keys read under ``"next"``.
-            priority_weight: importance weights from a prioritised buffer.
-        """
+    class _AcceptedKeys(DualCriticLoss._AcceptedKeys):
+        """The shared keys (:class:`DualCriticLoss`) plus ``value``, the state-value networks'
+        output key (default ``"state_value"``), as in :class:`~torchrl.objectives.IQLLoss`."""
 
         value: NestedKey = "state_value"
-        action: NestedKey = "action"
-        state_action_value: NestedKey = "state_action_value"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys

@@ -93,26 +93,11 @@ class EnsembleSACLoss(DualCriticLoss):
     """
 
     @dataclass
-    class _AcceptedKeys:
-        """Configurable tensordict keys (``set_keys``), as in :class:`~torchrl.objectives.SACLoss`.
+    class _AcceptedKeys(DualCriticLoss._AcceptedKeys):
+        """The shared keys (:class:`DualCriticLoss`) plus ``log_prob``, where the actor's
+        log-probability is reported (default ``"action_log_prob"``)."""
 
-        Attributes:
-            action: the action key. Defaults to ``"action"``.
-            state_action_value: the critics' output key. Defaults to ``"state_action_value"``.
-            log_prob: where the actor's log-probability is reported. Defaults to ``"action_log_prob"``.
-            priority: kept for TorchRL compatibility. Defaults to ``"td_error"``.
-            reward, done, terminated: keys read under ``"next"``.
-            priority_weight: importance weights from a prioritised buffer.
-        """
-
-        action: NestedKey = "action"
-        state_action_value: NestedKey = "state_action_value"
         log_prob: NestedKey = "action_log_prob"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys

@@ -28,8 +28,6 @@ Options for the paper's backbones and ablations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
@@ -79,30 +77,6 @@ class OPTLoss(DualCriticLoss):
     (``target_value_*``), of the first critic at the actor's action (``state_action_value_*``), and of the
     BC term and penalty when enabled.
     """
-
-    @dataclass
-    class _AcceptedKeys:
-        """Configurable tensordict keys (``set_keys``), as in :class:`~torchrl.objectives.TD3Loss`.
-
-        Attributes:
-            action: the action key. Defaults to ``"action"``.
-            state_action_value: the critics' output key. Defaults to ``"state_action_value"``.
-            priority: unused by OPT (balanced replay sets priorities from the density ratio); kept
-                for TorchRL compatibility. Defaults to ``"td_error"``.
-            reward, done, terminated: keys read under ``"next"``.
-            priority_weight: importance weights from a prioritised buffer.
-        """
-
-        action: NestedKey = "action"
-        state_action_value: NestedKey = "state_action_value"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-        priority_weight: NestedKey = "priority_weight"
-
-    tensor_keys: _AcceptedKeys
-    default_keys = _AcceptedKeys
 
     actor_network: TensorDictModule
     qvalue_off_network: TensorDictModule
