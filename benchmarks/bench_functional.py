@@ -22,6 +22,7 @@ from tensordict import TensorDict
 from tensordict.nn import CudaGraphModule
 from torchrl.data import Bounded
 
+from bench_updates import _batch, _time  # shared helpers (benchmarks/ is on sys.path)
 from torchrl_opt.models import make_qvalue_ensemble, make_td3_actor
 from torchrl_opt.objectives.meta import MetaAdaptationLoss
 from torchrl_opt.objectives.td3_opt import OPTLoss
@@ -42,22 +43,6 @@ CRITICS = ("qvalue_off_network_params", "qvalue_on_network_params")
 CRITIC_KEYS = ("loss_qvalue_off", "loss_qvalue_on")
 
 
-def _batch(n: int, obs_dim: int, act_dim: int, device: torch.device) -> TensorDict:
-    done = torch.zeros(n, 1, dtype=torch.bool, device=device)
-    return TensorDict(
-        {
-            "observation": torch.randn(n, obs_dim, device=device),
-            "action": torch.rand(n, act_dim, device=device) * 2 - 1,
-            ("next", "observation"): torch.randn(n, obs_dim, device=device),
-            ("next", "reward"): torch.randn(n, 1, device=device),
-            ("next", "done"): done,
-            ("next", "terminated"): done.clone(),
-        },
-        [n],
-        device=device,
-    )
-
-
 def _loss(args, device: torch.device, seed: int = 0) -> OPTLoss:
     torch.manual_seed(seed)
     spec = Bounded(-torch.ones(args.act_dim), torch.ones(args.act_dim), (args.act_dim,))
@@ -70,19 +55,6 @@ def _loss(args, device: torch.device, seed: int = 0) -> OPTLoss:
         kappa=0.5,
     )
     return loss.to(device)
-
-
-def _time(fn: Callable[[], object], iters: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters * 1e6
 
 
 def _pipeline_steps(loss, acceleration, device):
