@@ -21,6 +21,13 @@ from torchrl_opt.data.replay import (
     make_replay,
 )
 from torchrl_opt.data.scores import D4RL_REF_SCORES, normalized_score
+from torchrl_opt.data.seed_replay import (
+    SeedBatchedReplay,
+    make_seed_batched_replay,
+    sumtree_build_batched,
+    sumtree_sample_batched,
+    sumtree_update_batched_,
+)
 
 __all__ = [
     "BalancedSampler",
@@ -30,6 +37,7 @@ __all__ = [
     "DensityRatioEstimator",
     "MixedReplayBuffer",
     "NonFiniteDataError",
+    "SeedBatchedReplay",
     "SpaceMismatchError",
     "TASKS",
     "UnknownDatasetError",
@@ -40,5 +48,9 @@ __all__ = [
     "load_offline_data",
     "make_offline_replay_buffer",
     "make_replay",
+    "make_seed_batched_replay",
     "normalized_score",
+    "sumtree_build_batched",
+    "sumtree_sample_batched",
+    "sumtree_update_batched_",
 ]
