@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from _helpers import ACT_DIM, OBS_DIM, action_spec, transition_batch, zero_grads
 from torch import nn
 from torchrl.objectives import SoftUpdate, TD3Loss
+from torchrl.objectives.utils import ValueEstimators
 
 from torchrl_opt.models import make_qvalue_ensemble, make_td3_actor
 from torchrl_opt.objectives.td3_opt import OPTLoss
@@ -187,9 +188,10 @@ def test_actor_penalty_and_q_normalisation():
     torch.testing.assert_close(metadata["actor_penalty"], penalty.mean())
 
 
-def test_gradients_reach_only_the_intended_parameters():
+@pytest.mark.parametrize("fuse_critics", [False, True])
+def test_gradients_reach_only_the_intended_parameters(fuse_critics):
     spec, actor, q_off, q_on = _nets()
-    loss = OPTLoss(actor, q_off, q_on, action_spec=spec, kappa=0.5)
+    loss = OPTLoss(actor, q_off, q_on, action_spec=spec, kappa=0.5, fuse_critics=fuse_critics)
     batch = transition_batch(8)
 
     def has_grad(name):
@@ -218,7 +220,14 @@ def test_gradients_reach_only_the_intended_parameters():
     out = loss.qvalue_losses(batch)
     out["loss_qvalue_on"].backward()
     assert all(has_grad("qvalue_on_network_params"))
-    assert not any(has_grad("qvalue_off_network_params"))
+    if fuse_critics:
+        # one autograd node holds both twins: Q_off's share of Q_on's gradient is exactly zero
+        assert all(
+            p.grad is not None and not p.grad.any()
+            for p in loss.qvalue_off_network_params.values(True, True)
+        )
+    else:
+        assert not any(has_grad("qvalue_off_network_params"))
     assert not any(has_grad("actor_network_params"))
     assert not any(has_grad("target_qvalue_on_network_params"))
 
@@ -305,3 +314,192 @@ def test_set_keys_renames_the_reward_the_td_target_reads():
     torch.testing.assert_close(out["loss_qvalue_on"], expected["loss_qvalue_on"])
     with pytest.raises(ValueError, match="not an accepted tensordict key"):
         loss.set_keys(value="v")
+
+
+# --------------------------------------------------------------------------- fused twins
+def _twin_losses(**kwargs):
+    """The same loss twice: fused (default auto mode) and unfused, identically initialised."""
+    spec, actor, q_off, q_on = _nets()
+    fused = OPTLoss(
+        copy.deepcopy(actor), copy.deepcopy(q_off), copy.deepcopy(q_on), action_spec=spec, **kwargs
+    )
+    unfused = OPTLoss(actor, q_off, q_on, action_spec=spec, fuse_critics=False, **kwargs)
+    unfused.load_state_dict(fused.state_dict())
+    _perturb_targets(fused)
+    unfused.load_state_dict(fused.state_dict())
+    return fused, unfused
+
+
+def _prioritised_batch(n):
+    batch = transition_batch(n)
+    batch["priority_weight"] = torch.rand(n) + 0.5
+    return batch
+
+
+@pytest.mark.parametrize(
+    "kwargs, estimator",
+    [
+        ({}, None),
+        ({"loss_function": "smooth_l1", "reduction": "sum"}, None),
+        ({"deactivate_vmap": True}, None),
+        ({"num_qvalue_nets": 3, "loss_function": "l1"}, None),
+        ({}, ValueEstimators.TDLambda),
+    ],
+)
+def test_fused_critic_step_equals_unfused(kwargs, estimator):
+    n = kwargs.get("num_qvalue_nets", 2)
+    spec, actor, _, _ = _nets()
+    q_off = make_qvalue_ensemble(OBS_DIM, ACT_DIM, n, (16,))
+    q_on = make_qvalue_ensemble(OBS_DIM, ACT_DIM, n, (16,))
+    fused = OPTLoss(
+        copy.deepcopy(actor), copy.deepcopy(q_off), copy.deepcopy(q_on), action_spec=spec,
+        policy_noise=0.4, **kwargs,
+    )
+    unfused = OPTLoss(actor, q_off, q_on, action_spec=spec, policy_noise=0.4,
+                      fuse_critics=False, **kwargs)
+    _perturb_targets(fused)
+    unfused.load_state_dict(fused.state_dict())
+    if estimator is not None:
+        fused.make_value_estimator(estimator, lmbda=0.9)
+        unfused.make_value_estimator(estimator, lmbda=0.9)
+    assert fused.fused_critics and not unfused.fused_critics
+    batch = _prioritised_batch(32)
+    torch.manual_seed(3)
+    out_f = fused.qvalue_losses(batch.clone())
+    torch.manual_seed(3)
+    out_u = unfused.qvalue_losses(batch.clone())
+    assert set(out_f.keys()) == set(out_u.keys()) == {
+        f"{kind}_{c}" for kind in ("loss_qvalue", "pred_value", "target_value")
+        for c in ("off", "on")
+    }
+    for key in list(out_u.keys()):
+        torch.testing.assert_close(out_f[key], out_u[key], rtol=1e-6, atol=1e-7, msg=key)
+    # independent check of one piece: the unfused path is itself the per-twin _critic_loss
+    torch.manual_seed(3)
+    next_td = unfused.smoothed_next_action(batch.clone())
+    loss_on, _ = unfused._critic_loss("on", batch.clone(), next_td)
+    torch.testing.assert_close(out_f["loss_qvalue_on"], loss_on, rtol=1e-6, atol=1e-7)
+
+    # different weights on the two twins so that a mixed-up gradient cannot pass
+    (out_f["loss_qvalue_off"] + 3 * out_f["loss_qvalue_on"]).backward()
+    (out_u["loss_qvalue_off"] + 3 * out_u["loss_qvalue_on"]).backward()
+    for group in ("qvalue_off_network_params", "qvalue_on_network_params"):
+        for key, p_f in getattr(fused, group).items(True, True):
+            p_u = getattr(unfused, group).get(key)
+            assert p_f.grad is not None and p_u.grad is not None, (group, key)
+            torch.testing.assert_close(
+                p_f.grad, p_u.grad, rtol=1e-5, atol=1e-7, msg=f"{group} {key}"
+            )
+    for group in ("actor_network_params", "target_qvalue_off_network_params",
+                  "target_qvalue_on_network_params", "target_actor_network_params"):
+        assert all(p.grad is None for p in getattr(fused, group).values(True, True)), group
+
+
+def test_fused_loss_of_one_twin_gives_the_other_zero_gradient():
+    fused, unfused = _twin_losses()
+    batch = transition_batch(8)
+    for key in ("loss_qvalue_on", "loss_qvalue_off"):
+        zero_grads(fused)
+        zero_grads(unfused)
+        torch.manual_seed(4)
+        fused.qvalue_losses(batch.clone())[key].backward()
+        torch.manual_seed(4)
+        unfused.qvalue_losses(batch.clone())[key].backward()
+        trained, other = ("on", "off") if key.endswith("on") else ("off", "on")
+        for (k, p_f), p_u in zip(
+            getattr(fused, f"qvalue_{trained}_network_params").items(True, True),
+            getattr(unfused, f"qvalue_{trained}_network_params").values(True, True),
+        ):
+            torch.testing.assert_close(p_f.grad, p_u.grad, rtol=1e-5, atol=1e-7, msg=str(k))
+        for p in getattr(fused, f"qvalue_{other}_network_params").values(True, True):
+            assert p.grad is not None and not p.grad.any()
+        unfused_other = getattr(unfused, f"qvalue_{other}_network_params")
+        assert all(p.grad is None for p in unfused_other.values(True, True))
+
+
+@pytest.mark.parametrize("kwargs", [{"kappa": 0.3}, {"kappa": 0.7, "bc_alpha": 2.5},
+                                    {"kappa": 1.0, "deactivate_vmap": True}])
+def test_fused_actor_loss_equals_unfused(kwargs):
+    fused, unfused = _twin_losses(**kwargs)
+    batch = transition_batch(32)
+    value_f, meta_f = fused.actor_loss(batch)
+    value_u, meta_u = unfused.actor_loss(batch)
+    torch.testing.assert_close(value_f, value_u, rtol=1e-6, atol=1e-7)
+    assert meta_f.keys() == meta_u.keys()
+    for key in meta_u:
+        torch.testing.assert_close(meta_f[key], meta_u[key], rtol=1e-6, atol=1e-7, msg=key)
+    # hand value of the first members
+    act = fused.actor_network.module(batch["observation"])
+    for name in ("off", "on"):
+        m = copy.deepcopy(getattr(fused, f"qvalue_{name}_network"))
+        getattr(fused, f"qvalue_{name}_network_params")[0].to_module(m)
+        expected = _q(m, batch["observation"], act.detach()).mean()
+        torch.testing.assert_close(meta_f[f"state_action_value_{name}"], expected)
+    value_f.backward()
+    value_u.backward()
+    for key, p_f in fused.actor_network_params.items(True, True):
+        p_u = unfused.actor_network_params.get(key)
+        if isinstance(p_f, nn.Parameter):
+            torch.testing.assert_close(p_f.grad, p_u.grad, rtol=1e-5, atol=1e-7, msg=str(key))
+    for group in ("qvalue_off_network_params", "qvalue_on_network_params"):
+        assert all(p.grad is None for p in getattr(fused, group).values(True, True)), group
+
+
+def test_fuse_critics_resolution():
+    spec, actor, q_off, q_on = _nets()
+    assert OPTLoss(actor, q_off, q_on, action_spec=spec).fused_critics
+    assert OPTLoss(actor, q_off, q_on, action_spec=spec, fuse_critics=True).fused_critics
+    assert not OPTLoss(actor, q_off, q_on, action_spec=spec, fuse_critics=False).fused_critics
+    assert not OPTLoss(actor, q_off, action_spec=spec).fused_critics
+    wider = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, (32,))
+    mixed = OPTLoss(actor, q_off, wider, action_spec=spec, kappa=0.5)
+    assert not mixed.fused_critics
+    # the unfused fallback still computes both twins
+    out = mixed.qvalue_losses(transition_batch(8))
+    assert {"loss_qvalue_off", "loss_qvalue_on"} <= set(out.keys())
+    deeper = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, (16, 16))
+    assert not OPTLoss(actor, q_off, deeper, action_spec=spec).fused_critics
+    other_activation = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, (16,))
+    for module in other_activation:
+        module.module.net[1] = nn.Tanh()
+    assert not OPTLoss(actor, q_off, other_activation, action_spec=spec).fused_critics
+
+
+def test_fuse_critics_true_on_mismatched_twins_raises():
+    spec, actor, q_off, _ = _nets()
+    wider = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, (32,))
+    with pytest.raises(ValueError, match=r"(?s)weight.*shape.*fuse_critics=False"):
+        OPTLoss(actor, q_off, wider, action_spec=spec, fuse_critics=True)
+    deeper = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, (16, 16))
+    with pytest.raises(ValueError, match=r"(?s)parameter keys differ.*fuse_critics=False"):
+        OPTLoss(actor, q_off, deeper, action_spec=spec, fuse_critics=True)
+    with pytest.raises(ValueError, match="qvalue_on_network is None"):
+        OPTLoss(actor, q_off, action_spec=spec, fuse_critics=True)
+
+
+@pytest.mark.compile
+def test_compiled_fused_critic_step_matches_eager():
+    fused, _ = _twin_losses(kappa=0.4)
+    compiled_loss = copy.deepcopy(fused)
+    assert compiled_loss.fused_critics
+    batch = transition_batch(16)
+
+    def step(loss, td):
+        out = loss.qvalue_losses(td)
+        return out, out["loss_qvalue_off"] + out["loss_qvalue_on"]
+
+    compiled = torch.compile(step, fullgraph=True)
+    with torch._inductor.config.patch(fallback_random=True):
+        torch.manual_seed(9)
+        out_e, total_e = step(fused, batch.clone())
+        torch.manual_seed(9)
+        out_c, total_c = compiled(compiled_loss, batch.clone())
+    for key in list(out_e.keys()):
+        torch.testing.assert_close(out_c[key], out_e[key], rtol=1e-5, atol=1e-6, msg=key)
+    total_e.backward()
+    total_c.backward()
+    for a, b in zip(fused.parameters(), compiled_loss.parameters()):
+        if a.grad is None:
+            assert b.grad is None
+        else:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)

@@ -38,11 +38,11 @@ from torchrl.envs.utils import step_mdp
 from torchrl.objectives.utils import (
     distance_loss,
 )
+from torchrl.objectives.value import TD0Estimator
 
-from torchrl_opt.objectives.common import DualCriticLoss
+from torchrl_opt.objectives.common import CRITICS, DualCriticLoss
 
 __all__ = ["OPTLoss"]
-
 
 
 class OPTLoss(DualCriticLoss):
@@ -69,6 +69,21 @@ class OPTLoss(DualCriticLoss):
         delay_qvalue: keep target critic parameters. Default True.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         deactivate_vmap: evaluate twins in a Python loop instead of ``vmap``.
+        fuse_critics: evaluate ``Q_off`` and ``Q_on`` together, as one ensemble of
+            ``2 * num_qvalue_nets`` members: the critic step (:meth:`qvalue_losses`) then runs one
+            vmapped call for the current critics and one for the target critics (instead of one
+            per twin each), and the actor step one vmapped call over the two first members (instead
+            of two forward calls). The losses, diagnostics and gradients are those of the unfused
+            computation (to float32 rounding). ``None`` (default): fuse when ``Q_on`` exists and the
+            two twins have the same structure (parameter keys, shapes, dtypes and devices, in/out
+            keys and module architecture); ``True``: fuse, and raise ``ValueError`` at construction
+            when the structures differ; ``False``: evaluate each twin separately. The resolved
+            choice is the attribute ``fused_critics``. :meth:`qvalue_off_loss`,
+            :meth:`qvalue_on_loss` and :meth:`online_pretrain_loss` always evaluate one twin.
+            One difference: both twins' parameters feed one autograd node, so back-propagating
+            only one twin's loss from :meth:`qvalue_losses` gives the other twin zero gradients
+            (``grad`` filled with zeros) where the unfused path leaves them ``None``; use
+            :meth:`qvalue_on_loss` / :meth:`qvalue_off_loss` to differentiate one twin alone.
 
     The input tensordict uses TorchRL's transition layout: ``observation``, ``action``,
     ``next/{observation, reward, done, terminated}``. ``forward`` returns ``loss_actor``,
@@ -109,6 +124,7 @@ class OPTLoss(DualCriticLoss):
         delay_qvalue: bool = True,
         reduction: str = "mean",
         deactivate_vmap: bool = False,
+        fuse_critics: bool | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(kappa) <= 1.0:
@@ -152,7 +168,65 @@ class OPTLoss(DualCriticLoss):
         self.register_buffer("min_action", low.to(device))
         self.register_buffer("max_action", high.to(device))
         self.register_buffer("kappa", torch.tensor(float(kappa), device=device))
+        #: whether the two twins are evaluated as one ensemble (see ``fuse_critics``).
+        self.fused_critics = self._resolve_fuse_critics(fuse_critics)
         self._finish_init()
+
+    def _resolve_fuse_critics(self, fuse_critics: bool | None) -> bool:
+        if fuse_critics is not None and not isinstance(fuse_critics, bool):
+            raise TypeError(f"fuse_critics must be a bool or None, got {fuse_critics!r}")
+        if fuse_critics is False:
+            return False
+        if not self.has_qvalue_on:
+            if fuse_critics:
+                raise ValueError(
+                    "fuse_critics=True needs two critic twins, but qvalue_on_network is None; "
+                    "use fuse_critics=None or False."
+                )
+            return False
+        mismatch = self._critic_structure_mismatch()
+        if mismatch is None:
+            return True
+        if fuse_critics:
+            raise ValueError(
+                f"fuse_critics=True needs Q_off and Q_on of identical structure, but {mismatch}; "
+                "pass fuse_critics=False (or None) to evaluate the twins separately."
+            )
+        return False
+
+    def _critic_structure_mismatch(self) -> str | None:
+        """Why the twins cannot be evaluated as one ensemble, or ``None`` when they can."""
+
+        def leaves(params):
+            return {
+                key if isinstance(key, tuple) else (key,): value
+                for key, value in params.items(True, True)
+            }
+
+        off, on = leaves(self.qvalue_off_network_params), leaves(self.qvalue_on_network_params)
+        only_off, only_on = sorted(set(off) - set(on)), sorted(set(on) - set(off))
+        if only_off or only_on:
+            return (
+                f"the parameter keys differ (only in Q_off: {only_off}, only in Q_on: {only_on})"
+            )
+        for key in off:
+            a, b = off[key], on[key]
+            for what in ("shape", "dtype", "device"):
+                if getattr(a, what) != getattr(b, what):
+                    return (
+                        f"parameter {key} has {what} {getattr(a, what)} in Q_off and "
+                        f"{getattr(b, what)} in Q_on"
+                    )
+        net_off, net_on = self.qvalue_off_network, self.qvalue_on_network
+        for what in ("in_keys", "out_keys"):
+            if list(getattr(net_off, what)) != list(getattr(net_on, what)):
+                return (
+                    f"the critics' {what} differ ({list(getattr(net_off, what))} in Q_off, "
+                    f"{list(getattr(net_on, what))} in Q_on)"
+                )
+        if repr(net_off) != repr(net_on):
+            return f"the critic architectures differ:\n{net_off}\nvs\n{net_on}"
+        return None
 
     @property
     def out_keys(self) -> list[str]:
@@ -171,14 +245,61 @@ class OPTLoss(DualCriticLoss):
 
     # ------------------------------------------------------------------ pieces
     def _critic_values(
-        self, critic: str, tensordict: TensorDictBase, params: TensorDictBase
+        self,
+        critic: str,
+        tensordict: TensorDictBase,
+        params: TensorDictBase,
+        members: int | None = None,
     ) -> torch.Tensor:
-        """``Q_c,i(s, a)`` for every member ``i`` of twin ``c``: shape ``[num_qvalue_nets, *batch]``."""
+        """``Q_c,i(s, a)`` for every member ``i`` of twin ``c``: shape ``[members, *batch]``.
+
+        ``members`` (default ``num_qvalue_nets``) is the leading size of ``params``; the fused path
+        passes both twins' parameters concatenated (``2 * num_qvalue_nets`` members) to the
+        ``"off"`` network, whose architecture is then that of both twins.
+        """
+        if members is None:
+            members = self.num_qvalue_nets
         td = tensordict.select(
             *getattr(self, f"qvalue_{critic}_network").in_keys, strict=False
-        ).expand(self.num_qvalue_nets, *tensordict.batch_size)
+        ).expand(members, *tensordict.batch_size)
         out = self._vmap_qvalue[critic](td, params)
         return out.get(self.tensor_keys.state_action_value).squeeze(-1)
+
+    def _fused_params(self, prefix: str = "", first: bool = False) -> TensorDictBase:
+        """``Q_off``'s and ``Q_on``'s parameter groups concatenated along the ensemble dimension.
+
+        Read from the live groups at every call (the functional steps swap their contents).
+        ``first``: only the first member of each twin (2 members).
+        """
+        off = getattr(self, f"{prefix}qvalue_off_network_params")
+        on = getattr(self, f"{prefix}qvalue_on_network_params")
+        if first:
+            off, on = off[:1], on[:1]
+        return torch.cat([off, on], 0)
+
+    def _td_targets(self, tensordict: TensorDictBase, next_q: torch.Tensor) -> torch.Tensor:
+        """TD targets ``y`` from bootstrap values ``next_q`` (``[*batch]``, or ``[k, *batch]`` for
+        ``k`` critics sharing the batch's rewards and terminations, one target per row)."""
+        target_td = tensordict.select(
+            "next", self.tensor_keys.action, *self.actor_network.in_keys, strict=False
+        )
+        if next_q.dim() == tensordict.batch_dims:
+            target_td = target_td.clone(False)
+            target_td.set(("next", self.tensor_keys.state_action_value), next_q.unsqueeze(-1))
+            return self.value_estimator.value_estimate(target_td).squeeze(-1)
+        if self._batched_td_targets():
+            # TD(0) is elementwise in the batch: one call over the k stacked rows is exactly the
+            # k separate calls.
+            target_td = target_td.expand(next_q.shape[0], *tensordict.batch_size)
+            target_td.set(("next", self.tensor_keys.state_action_value), next_q.unsqueeze(-1))
+            return self.value_estimator.value_estimate(target_td).squeeze(-1)
+        return torch.stack([self._td_targets(tensordict, q) for q in next_q.unbind(0)], 0)
+
+    def _batched_td_targets(self) -> bool:
+        # TD(lambda)/TD(1) run along the batch's time dimension and reward standardisation reduces
+        # over the batch: those estimators get one call per critic.
+        estimator = self.value_estimator
+        return type(estimator) is TD0Estimator and not getattr(estimator, "average_rewards", False)
 
     def _first_critic_value(self, critic: str, tensordict: TensorDictBase) -> torch.Tensor:
         """``Q_c,1(s, a)`` with detached parameters (the actor's gradient only), shape ``[*batch]``.
@@ -229,11 +350,7 @@ class OPTLoss(DualCriticLoss):
             next_q = self._critic_values(
                 critic, next_td, getattr(self, f"target_qvalue_{critic}_network_params")
             ).min(0)[0]
-            target_td = tensordict.select(
-                "next", self.tensor_keys.action, *self.actor_network.in_keys, strict=False
-            ).clone(False)
-            target_td.set(("next", self.tensor_keys.state_action_value), next_q.unsqueeze(-1))
-            target_value = self.value_estimator.value_estimate(target_td).squeeze(-1)
+            target_value = self._td_targets(tensordict, next_q)
         current_q = self._critic_values(critic, tensordict, params)
         loss = distance_loss(
             current_q, target_value.expand_as(current_q), loss_function=self.loss_function
@@ -245,6 +362,39 @@ class OPTLoss(DualCriticLoss):
         }
         return loss, metadata
 
+    def _fused_critic_losses(
+        self, tensordict: TensorDictBase, next_td: TensorDictBase
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`_critic_loss` of both twins, with each ensemble call made once for both twins.
+
+        The ``2 * num_qvalue_nets`` members (``Q_off``'s then ``Q_on``'s) are evaluated in one
+        vmapped call at the target parameters and one at the current parameters; the minimum, the
+        TD target and the loss are then taken per twin, as the unfused path does.
+        """
+        n, k = self.num_qvalue_nets, len(CRITICS)
+        weights = self._maybe_get_priority_weight(tensordict)
+        with torch.no_grad():
+            next_q = self._critic_values(
+                "off", next_td, self._fused_params("target_"), k * n
+            )  # [k * n, *batch]
+            next_q = next_q.unflatten(0, (k, n)).min(1)[0]  # [k, *batch]: per-twin minimum
+            target_value = self._td_targets(tensordict, next_q)  # [k, *batch]
+        current_q = self._critic_values("off", tensordict, self._fused_params(), k * n)
+        current_q = current_q.unflatten(0, (k, n))  # [k, n, *batch]
+        losses = distance_loss(
+            current_q,
+            target_value.unsqueeze(1).expand_as(current_q),
+            loss_function=self.loss_function,
+        ).sum(1)  # [k, *batch]
+        out = {}
+        for i, critic in enumerate(CRITICS):
+            out[f"loss_qvalue_{critic}"] = self._reduce_loss(
+                losses[i], tensordict=tensordict, weights=weights
+            )
+            out[f"pred_value_{critic}"] = current_q[i].detach().mean()
+            out[f"target_value_{critic}"] = target_value[i].mean()
+        return out
+
     # ------------------------------------------------------------------ losses
     def actor_loss(
         self, tensordict: TensorDictBase
@@ -252,7 +402,14 @@ class OPTLoss(DualCriticLoss):
         """Eq. 4 (with the optional BC term, Q normalisation and penalty)."""
         weights = self._maybe_get_priority_weight(tensordict)
         actor_td = self._actor_action(tensordict, self.actor_network_params)
-        q_first = {critic: self._first_critic_value(critic, actor_td) for critic in self.critics}
+        if self.fused_critics:
+            # the first member of each twin, detached, in one vmapped call over 2 members
+            q = self._critic_values("off", actor_td, self._fused_params(first=True).detach(), 2)
+            q_first = dict(zip(CRITICS, q.unbind(0)))
+        else:
+            q_first = {
+                critic: self._first_critic_value(critic, actor_td) for critic in self.critics
+            }
         q_mix = q_first["off"]
         if self.has_qvalue_on:
             q_mix = (1 - self.kappa) * q_first["off"] + self.kappa * q_first["on"]
@@ -296,6 +453,8 @@ class OPTLoss(DualCriticLoss):
     def qvalue_losses(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Both critics' TD losses with one shared smoothed next action: the critic step of OPT."""
         next_td = self.smoothed_next_action(tensordict)
+        if self.fused_critics:
+            return TensorDict(self._fused_critic_losses(tensordict, next_td), batch_size=[])
         out = {}
         for critic in self.critics:
             loss, metadata = self._critic_loss(critic, tensordict, next_td)
