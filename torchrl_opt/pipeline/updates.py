@@ -2,7 +2,9 @@
 
 Each step is a function ``TensorDict batch -> TensorDict of detached metrics`` with no host
 synchronisation (no ``.item()``, no Python branch on tensor values), so that ``torch.compile``
-captures it and ``tensordict.nn.CudaGraphModule`` replays it. :func:`accelerate` applies both:
+captures it and a CUDA graph replays it (``tensordict.nn.CudaGraphModule``, or the sync-free
+:class:`~torchrl_opt.pipeline.cudagraph.CudaGraphStep` with ``graph_backend="torch"``).
+:func:`accelerate` applies both:
 on by default on CUDA, off on CPU (``compile=True`` also works on CPU, which the tests use).
 Nothing falls back silently: a compile failure raises.
 
@@ -21,7 +23,10 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import CudaGraphModule
 from torchrl.objectives import SoftUpdate
 
+from torchrl_opt.pipeline.cudagraph import CudaGraphStep
+
 __all__ = [
+    "GRAPH_BACKENDS",
     "AccelerationConfig",
     "accelerate",
     "make_optimizer",
@@ -34,6 +39,9 @@ StepFn = Callable[[TensorDictBase], TensorDictBase]
 #: Dynamo recompile limit applied when steps are compiled (see :func:`accelerate`).
 RECOMPILE_LIMIT = 64
 
+#: Values of :attr:`AccelerationConfig.graph_backend`.
+GRAPH_BACKENDS = ("tensordict", "torch")
+
 
 @dataclass
 class AccelerationConfig:
@@ -41,13 +49,20 @@ class AccelerationConfig:
 
     Attributes:
         compile: wrap steps in ``torch.compile``.
-        cudagraphs: replay steps with ``tensordict.nn.CudaGraphModule`` (CUDA only).
+        cudagraphs: replay steps as CUDA graphs (CUDA only), with ``graph_backend``.
         compile_mode: ``torch.compile`` mode (``None`` = default; ``"reduce-overhead"`` is redundant
             with ``cudagraphs``).
         warmup: eager calls before a CUDA graph is captured.
         functional: build steps with :mod:`torchrl_opt.pipeline.functional` (``torch.func``
             gradient + tensor Adam + Polyak targets in one function), which ``torch.compile``
             captures as a single graph (``fullgraph=True``); off by default.
+        graph_backend: what replays the CUDA graph when ``cudagraphs`` is on, one of
+            :data:`GRAPH_BACKENDS`: ``"tensordict"`` (default) is ``tensordict.nn.CudaGraphModule``,
+            which synchronises the device before every replay and clones the outputs;
+            ``"torch"`` is :class:`~torchrl_opt.pipeline.cudagraph.CudaGraphStep`, a plain
+            ``torch.cuda.CUDAGraph`` replay with no synchronisation (host work overlaps with the
+            update) that returns the same static output TensorDict on every call, overwritten by
+            the next replay.
     """
 
     compile: bool | None = None
@@ -55,10 +70,16 @@ class AccelerationConfig:
     compile_mode: str | None = None
     warmup: int = 5
     functional: bool = False
+    graph_backend: str = "tensordict"
 
 
 def should_accelerate(config: AccelerationConfig, device: torch.device) -> tuple[bool, bool]:
-    """Resolve ``(compile, cudagraphs)`` for ``device``; CUDA graphs on a CPU device is an error."""
+    """Resolve ``(compile, cudagraphs)`` for ``device``; CUDA graphs on a CPU device is an error,
+    and so is a ``graph_backend`` not in :data:`GRAPH_BACKENDS`."""
+    if config.graph_backend not in GRAPH_BACKENDS:
+        raise ValueError(
+            f"unknown graph_backend {config.graph_backend!r}; expected one of {GRAPH_BACKENDS}"
+        )
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     compile_ = on_cuda if config.compile is None else bool(config.compile)
@@ -83,7 +104,9 @@ def accelerate(
         dynamo_config = torch._dynamo.config
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         step = torch.compile(step, mode=config.compile_mode, fullgraph=config.functional)
-    if cudagraphs:
+    if cudagraphs and config.graph_backend == "torch":
+        step = CudaGraphStep(step, torch.device(device), warmup=config.warmup)
+    elif cudagraphs:
         step = CudaGraphModule(step, warmup=config.warmup, device=torch.device(device))
     return step
 
