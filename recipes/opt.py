@@ -12,7 +12,8 @@ Examples (see ``docs/recipes.md``)::
     python recipes/opt.py env=antmaze dataset=large-diverse scale=paper   # SPOT, Table 15 kappa
     python recipes/opt.py method=baseline                    # vanilla fine-tuning, no Q_on
     python recipes/opt.py ablation=qon_random_init           # one file per paper ablation
-    python recipes/opt.py -m seed=0,1,2                      # multi-seed sweep
+    python recipes/opt.py -m seed=0,1,2                      # multi-seed sweep (3 processes)
+    python recipes/opt.py seeds=[0,1,2]                      # 3 seeds batched in one process
 
 Config resolvers (registered by :func:`register_resolvers`, usable in any YAML of the recipe):
 
@@ -21,7 +22,9 @@ Config resolvers (registered by :func:`register_resolvers`, usable in any YAML o
 * ``${opt.kappa:TASK,KIND,FIELD}`` -> one field (``kappa_init``, ``kappa_end``, ``T_decay``) of
   Appendix H Table 15, from :data:`torchrl_opt.schedules.KAPPA_PRESETS`;
 * ``${opt.run_name:PART,...}`` -> the non-empty parts joined by ``-`` (``none`` dropped, path
-  separators replaced), used to name run directories.
+  separators replaced), used to name run directories;
+* ``${opt.seed_dir:SEED,SEEDS}`` -> ``seed<SEED>``, or ``seeds<a>-<b>-...`` for a seed-batched run
+  (``seeds=[a,b,...]``: every seed trained in one process, see ``torchrl_opt.pipeline.seeds``).
 
 Torch threads: unless ``OMP_NUM_THREADS`` is set, the recipe uses one intra-op thread on CPU when
 the networks are small (widest hidden layer <= 128, the ``demo`` scale), which is faster than
@@ -47,6 +50,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from torchrl_opt.objectives.spot import spot_lambda_preset
 from torchrl_opt.pipeline.config import RunConfig, register_configs, to_run_config
+from torchrl_opt.pipeline.seeds import seeds_label
 from torchrl_opt.schedules import kappa_preset_config
 
 __all__ = ["format_summary", "main", "make_run_config", "register_resolvers"]
@@ -90,12 +94,22 @@ def _run_name(*parts: Any) -> str:
     return "-".join(names)
 
 
+def _seed_dir(seed: int, seeds: Any) -> str:
+    """The last run-directory part: ``seed<seed>`` for one run, ``seeds<a>-<b>-...`` for a
+    seed-batched run (``seeds=[a,b,...]``; a digest when the list is long)."""
+    if seeds is None:
+        return f"seed{seed}"
+    return seeds_label([int(s) for s in seeds])
+
+
 def register_resolvers() -> None:
-    """Register the ``opt.spot_lambda``, ``opt.kappa`` and ``opt.run_name`` resolvers (idempotent)."""
+    """Register the ``opt.spot_lambda``, ``opt.kappa``, ``opt.run_name`` and ``opt.seed_dir``
+    resolvers (idempotent)."""
     resolvers = {
         "opt.spot_lambda": spot_lambda_preset,
         "opt.kappa": _kappa_field,
         "opt.run_name": _run_name,
+        "opt.seed_dir": _seed_dir,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -132,8 +146,20 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _fmt_seeds(summary: dict[str, Any], key: str) -> str:
+    """``mean +- std`` over seeds, then every seed's value."""
+    per_seed = ", ".join(
+        f"{seed}: {_fmt(values.get(key))}" for seed, values in summary.get("per_seed", {}).items()
+    )
+    return f"{_fmt(summary.get(key))} +- {_fmt(summary.get(f'{key}_std'))} (seeds {per_seed})"
+
+
 def format_summary(summary: dict[str, Any], run_dir: str | Path) -> str:
-    """Human-readable lines of a run's ``summary.json``: scores (x100) and wall-clock per phase."""
+    """Human-readable lines of a run's ``summary.json``: scores (x100) and wall-clock per phase.
+
+    A seed-batched run's summary (``seeds=[...]``) shows the mean and standard deviation over its
+    seeds, and each seed's score.
+    """
     wall = summary.get("wall_clock_s", {}) or {}
     total = sum(wall.values())
     phases = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in wall.items())
@@ -142,16 +168,19 @@ def format_summary(summary: dict[str, Any], run_dir: str | Path) -> str:
     method = cfg.get("system", "opt")
     if method == "opt" and not cfg.get("finetune", {}).get("use_q_on", True):
         method = "baseline"
+    seeds = summary.get("seeds")
+    fmt = (lambda key: _fmt_seeds(summary, key)) if seeds else (lambda key: _fmt(summary.get(key)))
+    which = f"seeds={seeds}" if seeds else f"seed={cfg.get('seed')}"
     return "\n".join(
         [
             (
                 f"run: {dataset.get('task')}-{dataset.get('kind')} "
                 f"backbone={cfg.get('backbone', {}).get('name')} method={method} "
-                f"seed={cfg.get('seed')} env={summary.get('env_id')} device={summary.get('device')}"
+                f"{which} env={summary.get('env_id')} device={summary.get('device')}"
             ),
-            f"offline normalised score: {_fmt(summary.get('offline_normalized_score'))}",
-            f"final normalised score:   {_fmt(summary.get('final_normalized_score'))}",
-            f"best normalised score:    {_fmt(summary.get('best_normalized_score'))}",
+            f"offline normalised score: {fmt('offline_normalized_score')}",
+            f"final normalised score:   {fmt('final_normalized_score')}",
+            f"best normalised score:    {fmt('best_normalized_score')}",
             f"wall-clock: {total:.1f}s ({phases})",
             f"summary: {Path(run_dir) / 'summary.json'}",
         ]

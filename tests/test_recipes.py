@@ -364,3 +364,42 @@ def test_antmaze_presets_shift_rewards():
     cfg = _run_config("env=antmaze", "dataset=umaze")
     assert cfg.dataset.reward_shift == -1.0
     assert _run_config("env=hopper", "dataset=random").dataset.reward_shift == 0.0
+
+
+# ---------------------------------------------------------------- seed-batched runs
+def test_seeds_compose_and_name_their_directory():
+    cfg = _run_config("seeds=[0,1,2]")
+    assert cfg.seeds == [0, 1, 2]
+    assert _run_config().seeds is None
+    assert recipe._seed_dir(4, None) == "seed4"
+    assert recipe._seed_dir(0, [0, 1, 2]) == "seeds0-1-2"
+    long = recipe._seed_dir(0, list(range(40)))
+    assert long.startswith("seeds40x-h") and len(long) < 40
+
+
+def test_format_summary_of_a_seed_group():
+    summary = {
+        "config": {"dataset": {"task": "hopper", "kind": "random"}, "backbone": {"name": "td3"},
+                   "finetune": {"use_q_on": True}},
+        "seeds": [0, 1], "env_id": "Hopper-v5", "device": "cpu",
+        "per_seed": {"0": {"final_normalized_score": 10.0}, "1": {"final_normalized_score": 20.0}},
+        "final_normalized_score": 15.0, "final_normalized_score_std": 5.0,
+        "wall_clock_s": {"offline": 1.0},
+    }
+    text = recipe.format_summary(summary, "/tmp/x")
+    assert "seeds=[0, 1]" in text
+    assert "final normalised score:   15.0 +- 5.0 (seeds 0: 10.0, 1: 20.0)" in text
+
+
+@pytest.mark.timeout(300)
+def test_recipe_subprocess_seed_group(tmp_path):
+    """``python recipes/opt.py seeds=[0,1]``: both seeds in one process, one directory."""
+    proc = _recipe(tmp_path, "seeds=[0,1]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (summary_path,) = (tmp_path / "runs").rglob("seeds0-1/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["seeds"] == [0, 1]
+    for seed in (0, 1):
+        seed_summary = json.loads((summary_path.parent / f"seed{seed}" / "summary.json").read_text())
+        assert seed_summary["config"]["seed"] == seed
+    assert f"final normalised score:   {summary['final_normalized_score']:.1f} +-" in proc.stdout

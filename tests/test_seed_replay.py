@@ -286,7 +286,7 @@ def test_state_roundtrip_continues_identically(strategy, mode, tmp_path):
     else:
         restored = build(strategy, seeds=[1, 2, 3])
         if mode == "torch.save":
-            state = torch.load(tmp_path / "replay.pt", weights_only=False)
+            state = torch.load(tmp_path / "replay.pt", weights_only=True)
         restored.load_state_dict(state)
     assert restored.num_online == 9 and len(restored) == N_OFF + 9
     got = _run(restored, 4, start=200)

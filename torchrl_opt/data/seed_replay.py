@@ -518,7 +518,11 @@ class SeedBatchedReplay:
             "online_capacity": self.online_capacity,
             "num_online": self._num_online,
             "seeds": list(self.seeds),
-            "online": self.online_data[:, : self._num_online].clone(),
+            # plain tensors per key (no TensorDict): checkpoints load with weights_only=True
+            "keys": [list(k) if isinstance(k, tuple) else k for k in self._keys],
+            "online": [
+                self._online_views[key][:, : self._num_online].clone() for key in self._keys
+            ],
             "generator_states": [g.get_state().clone() for g in self._generators],
         }
         if self.strategy == "balanced":
@@ -535,11 +539,16 @@ class SeedBatchedReplay:
                     f"{key}={getattr(self, key)!r}."
                 )
         num_online = int(state_dict["num_online"])
-        online = state_dict["online"]
-        if tuple(online.shape) != (self.num_seeds, num_online):
-            raise ValueError(
-                f"online rows of shape {tuple(online.shape)} do not match num_online={num_online}."
-            )
+        keys = [tuple(k) if isinstance(k, list) else k for k in state_dict["keys"]]
+        if keys != list(self._keys):
+            raise ValueError(f"replay state has keys {keys}, this buffer {list(self._keys)}.")
+        online = dict(zip(keys, state_dict["online"]))
+        for key, value in online.items():
+            if tuple(value.shape[:2]) != (self.num_seeds, num_online):
+                raise ValueError(
+                    f"online rows {key!r} of shape {tuple(value.shape)} do not match "
+                    f"{self.num_seeds} seeds x num_online={num_online}."
+                )
         if self.strategy == "balanced" and state_dict["trees"].shape != self._trees.shape:
             raise ValueError(
                 f"sum-tree shape {tuple(state_dict['trees'].shape)} does not match "
@@ -548,7 +557,7 @@ class SeedBatchedReplay:
         for key in self._keys:
             view = self._online_views[key]
             view.zero_()
-            view[:, :num_online] = online.get(key).to(self.device)
+            view[:, :num_online] = online[key].to(self.device)
         self._num_online = num_online
         self.seeds = [int(s) for s in state_dict.get("seeds", self.seeds)]
         for g, g_state in zip(self._generators, state_dict["generator_states"], strict=True):

@@ -1,5 +1,6 @@
 """Loss modules of torchrl-opt (TorchRL ``LossModule`` subclasses)."""
 
+from torchrl_opt.objectives.density import DensityRatioLoss
 from torchrl_opt.objectives.iql_opt import OPTIQLLoss, expectile_loss
 from torchrl_opt.objectives.meta import META_MODES, MetaAdaptationLoss
 from torchrl_opt.objectives.spot import (
@@ -13,6 +14,7 @@ from torchrl_opt.objectives.spot import (
 from torchrl_opt.objectives.td3_opt import OPTLoss
 
 __all__ = [
+    "DensityRatioLoss",
     "META_MODES",
     "MetaAdaptationLoss",
     "OPTIQLLoss",

@@ -16,8 +16,9 @@ With ``use_q_on=False`` the fine-tuning loss has no online critic: the vanilla f
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,9 @@ from torchrl_opt.pipeline.checkpoint import CheckpointError
 from torchrl_opt.pipeline.config import BackboneConfig, OnlinePretrainConfig
 from torchrl_opt.pipeline.functional import (
     FunctionalAdam,
+    FunctionalStepError,
+    SeedBatchedStep,
+    SeedStack,
     make_functional_step,
     target_update_pairs,
 )
@@ -55,7 +59,7 @@ from torchrl_opt.pipeline.updates import (
     make_step,
 )
 
-__all__ = ["BACKBONES", "Agent", "UpdateSpec", "make_agent"]
+__all__ = ["BACKBONES", "Agent", "UpdateSpec", "make_agent", "seeded_init"]
 
 BACKBONES = ("td3", "spot", "iql")
 
@@ -199,10 +203,18 @@ class Agent(nn.Module):
         loss.make_value_estimator(gamma=cfg.gamma)
         return loss.to(self.device)
 
-    def build_finetune_loss(self, *, use_q_on: bool, kappa: float) -> LossModule:
+    def build_finetune_loss(
+        self, *, use_q_on: bool, kappa: float, init_seed: int | None = None
+    ) -> LossModule:
         """The fine-tuning loss, initialised from the offline loss's actor, ``Q_off`` (and ``V_off``)
-        and their targets; ``Q_on`` (and ``V_on``) start from a fresh random initialisation."""
-        loss = self._make_loss(online=True, use_q_on=use_q_on, kappa=kappa)
+        and their targets; ``Q_on`` (and ``V_on``) start from a fresh random initialisation.
+
+        With ``init_seed`` that initialisation is drawn from torch's CPU RNG forked and seeded with
+        it (:func:`seeded_init`), so it does not depend on how many random numbers earlier phases
+        drew, and the global RNG stream continues as if nothing had been drawn.
+        """
+        with seeded_init(init_seed):
+            loss = self._make_loss(online=True, use_q_on=use_q_on, kappa=kappa)
         load_offline_state(loss, self.offline_loss.state_dict())
         self.finetune_loss = loss
         return loss
@@ -218,17 +230,27 @@ class Agent(nn.Module):
             device=self.device, acceleration=self.acceleration,
         )
 
-    def offline_updates(self) -> list[UpdateSpec]:
-        return make_update_specs(self.offline_loss, self.cfg, self.device, self.acceleration)
+    def offline_updates(self, seed_stack: SeedStack | None = None) -> list[UpdateSpec]:
+        """The offline phase's steps; with ``seed_stack`` (of the seeds' ``offline_loss``, this
+        agent's first) they train every seed of the stack at once."""
+        return make_update_specs(
+            self.offline_loss, self.cfg, self.device, self.acceleration, seed_stack=seed_stack
+        )
 
-    def finetune_updates(self) -> list[UpdateSpec]:
+    def finetune_updates(self, seed_stack: SeedStack | None = None) -> list[UpdateSpec]:
+        """The fine-tuning steps; ``seed_stack`` as in :meth:`offline_updates`."""
         if self.finetune_loss is None:
             raise RuntimeError("Call build_finetune_loss before finetune_updates")
-        return make_update_specs(self.finetune_loss, self.cfg, self.device, self.acceleration)
+        return make_update_specs(
+            self.finetune_loss, self.cfg, self.device, self.acceleration, seed_stack=seed_stack
+        )
 
-    def pretrain_update(self, cfg: OnlinePretrainConfig) -> UpdateSpec:
+    def pretrain_update(
+        self, cfg: OnlinePretrainConfig, seed_stack: SeedStack | None = None
+    ) -> UpdateSpec:
         """The online pre-training step on ``{"offline": batch, "online": batch}``: only the online
-        critics move; their targets follow by Polyak averaging (the actor and Q_off are frozen)."""
+        critics move; their targets follow by Polyak averaging (the actor and Q_off are frozen).
+        ``seed_stack`` as in :meth:`offline_updates` (of the seeds' ``finetune_loss``)."""
         if self.finetune_loss is None:
             raise RuntimeError("Call build_finetune_loss(use_q_on=True, ...) first")
         loss = self.finetune_loss
@@ -243,8 +265,24 @@ class Agent(nn.Module):
             "pretrain", meta, ("loss_pretrain",), meta.online_parameters(), cfg.lr,
             device=self.device, acceleration=self.acceleration,
             target_updater=OnlineTargetUpdate(loss, self.cfg.tau),
-            loss_module=loss, param_names=loss.online_param_names,
+            loss_module=loss, param_names=loss.online_param_names, seed_stack=seed_stack,
         )
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int | None) -> Iterator[None]:
+    """Run the block on torch's CPU RNG forked and seeded with ``seed`` (a no-op for ``None``).
+
+    Network initialisation happens on the CPU (modules are moved to the device afterwards), so this
+    fixes an initialisation independently of the global RNG's position, which the pipeline and the
+    seed-batched pipeline reach differently; the global stream is restored on exit.
+    """
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class OnlineTargetUpdate:
@@ -319,15 +357,25 @@ def make_update_spec(
     target_updater: SoftUpdate | OnlineTargetUpdate | None = None,
     loss_module: LossModule | None = None,
     param_names: tuple[str, ...] = (),
+    seed_stack: SeedStack | None = None,
 ) -> UpdateSpec:
     """One named update step with its own Adam, compiled/graphed per ``acceleration``.
 
     With ``acceleration.functional`` and a ``loss_module`` whose trained groups are
     ``param_names``, the step is :func:`~torchrl_opt.pipeline.functional.make_functional_step`
     (same maths, one capturable graph) and its optimiser a ``FunctionalAdam``.
+
+    With ``seed_stack`` (whose template is ``loss_module``), the functional step is wrapped in a
+    :class:`~torchrl_opt.pipeline.functional.SeedBatchedStep`: it takes ``[S, B]`` batches and
+    trains every seed of the stack in one vmapped call (``acceleration.functional`` is implied:
+    seed batching exists only for functional steps).
     """
     acceleration = acceleration or AccelerationConfig()
-    if acceleration.functional and loss_module is not None:
+    if seed_stack is not None and (loss_module is None or loss_module is not seed_stack.template):
+        raise FunctionalStepError(
+            f"update {name!r}: a seed-batched step must be built on the seed stack's template loss"
+        )
+    if (acceleration.functional or seed_stack is not None) and loss_module is not None:
         pairs, tau = (
             ([], 0.0)
             if target_updater is None
@@ -336,6 +384,8 @@ def make_update_spec(
         step = make_functional_step(
             loss_module, param_names, loss_fn, loss_keys, lr, target_updater_pairs=pairs, tau=tau
         )
+        if seed_stack is not None:
+            step = SeedBatchedStep(seed_stack, step)
         return UpdateSpec(name, accelerate(step, device, acceleration), step.optimizer, every)
     optimizer = make_optimizer(params, lr, device, acceleration)
     step = make_step(loss_fn, loss_keys, optimizer, target_updater=target_updater)
@@ -347,11 +397,15 @@ def make_update_specs(
     cfg: BackboneConfig,
     device: torch.device,
     acceleration: AccelerationConfig | None = None,
+    *,
+    seed_stack: SeedStack | None = None,
 ) -> list[UpdateSpec]:
     """The update steps of ``loss`` (an ``OPTLoss`` or ``OPTIQLLoss``), in the order they run.
 
     TD3/SPOT: ``critic`` (both critics) every update, ``actor`` + Polyak target update every
     ``cfg.actor_delay`` updates. IQL: ``value``, ``actor``, ``qvalue`` + target update every update.
+    With ``seed_stack`` (template ``loss``), every step trains all the stack's seeds at once on
+    ``[S, B]`` batches (see :func:`make_update_spec`).
     """
     target_updater = soft_update_keeping_targets(loss, cfg.tau)
     critic_params = _params_of(loss, "qvalue_off_network_params") + _params_of(
@@ -360,7 +414,8 @@ def make_update_specs(
     actor_params = _params_of(loss, "actor_network_params")
     qvalue_keys = tuple(f"loss_qvalue_{c}" for c in loss.critics)
     actor_loss = _method(loss.actor_loss, "loss_actor")
-    kw = {"device": device, "acceleration": acceleration, "loss_module": loss}
+    kw = {"device": device, "acceleration": acceleration, "loss_module": loss,
+          "seed_stack": seed_stack}
     critic_names = _names(loss, "qvalue_off_network_params", "qvalue_on_network_params")
     actor_names = ("actor_network_params",)
     if cfg.name == "iql":

@@ -260,6 +260,10 @@ class BaselineConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
+    #: a seed-batched run: these seeds trained together in one process, every update of all seeds
+    #: one vmapped graph (:mod:`torchrl_opt.pipeline.seeds`); ``seed`` is then unused. ``None`` (the
+    #: default): one run of ``seed``.
+    seeds: list[int] | None = None
     device: str = "auto"
     env_id: str | None = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

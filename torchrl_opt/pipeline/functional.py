@@ -43,6 +43,7 @@ writing ``loss.kappa`` in place drives every seed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,6 +64,7 @@ __all__ = [
     "FunctionalStep",
     "FunctionalStepError",
     "SeedBatchedStep",
+    "SeedStack",
     "make_functional_step",
     "stack_seeds",
     "target_update_pairs",
@@ -583,11 +585,43 @@ def stack_seeds(losses: Sequence[LossModule]) -> TensorDict:
     return TensorDict(groups, batch_size=[len(losses)])
 
 
+@dataclass
+class SeedStack:
+    """``S`` copies of one loss whose parameter groups live in one stacked TensorDict.
+
+    Build it once per set of losses with :meth:`of` (which calls :func:`stack_seeds`) and give it to
+    every :class:`SeedBatchedStep` that trains those losses (critic and actor steps, the pre-training
+    step): they must all read and write the *same* stacked storage, which the per-seed losses' leaves
+    are views of. Stacking the same losses twice would re-point their leaves at the second stack and
+    silently detach the steps built on the first.
+    """
+
+    losses: list[LossModule]
+    #: every parameter group of every seed, batch size ``[S]`` (see :func:`stack_seeds`).
+    groups: TensorDict
+
+    @classmethod
+    def of(cls, losses: Sequence[LossModule]) -> SeedStack:
+        """Stack ``losses`` (see :func:`stack_seeds`)."""
+        losses = list(losses)
+        return cls(losses, stack_seeds(losses))
+
+    @property
+    def num_seeds(self) -> int:
+        return len(self.losses)
+
+    @property
+    def template(self) -> LossModule:
+        """``losses[0]``: the loss whose code the seed-batched steps run."""
+        return self.losses[0]
+
+
 class SeedBatchedStep:
     """``S`` seeds of one functional step in one graph: ``torch.vmap`` over a leading seed dimension.
 
     Args:
-        losses: ``S`` independently initialised copies of one loss (same type and sizes).
+        losses: a :class:`SeedStack` (shared by every step that trains the same losses), or ``S``
+            independently initialised copies of one loss (same type and sizes), stacked here.
         step: a :class:`FunctionalStep` built on ``losses[0]`` (the template whose code runs; its
             ``loss_fn`` must read the template's groups, e.g. ``losses[0].qvalue_losses`` or a
             ``MetaAdaptationLoss(losses[0])``).
@@ -598,27 +632,28 @@ class SeedBatchedStep:
     seed ``i`` independently, ``step.pure`` on seed ``i``'s groups and Adam state, and writes the new
     parameters, Adam state and targets back in place; it returns the per-seed metrics (batch size
     ``[S]``). Because ``vmap(grad(f))`` is a per-seed gradient, the result equals ``S`` independent
-    runs (up to the noise draws). After :func:`stack_seeds`, ``losses[i]`` holds seed ``i``'s live
-    parameters.
+    runs (up to the noise draws). After stacking, ``losses[i]`` holds seed ``i``'s live parameters.
     """
 
     def __init__(
         self,
-        losses: Sequence[LossModule],
+        losses: SeedStack | Sequence[LossModule],
         step: FunctionalStep,
         *,
         randomness: str = "different",
     ) -> None:
-        if step.loss_module is not losses[0]:
+        stack = losses if isinstance(losses, SeedStack) else SeedStack.of(losses)
+        if step.loss_module is not stack.template:
             raise FunctionalStepError("step must be built on losses[0], the template loss")
         if randomness not in ("different", "same", "error"):
             raise FunctionalStepError("randomness must be 'different', 'same' or 'error'")
-        self.num_seeds = len(losses)
-        self.losses = list(losses)
+        self.stack = stack
+        self.num_seeds = stack.num_seeds
+        self.losses = stack.losses
         self.step = step
         self.randomness = randomness
-        #: every parameter group of every seed, batch size ``[S]`` (see :func:`stack_seeds`).
-        self.groups = stack_seeds(losses)
+        #: every parameter group of every seed, batch size ``[S]`` (shared through ``stack``).
+        self.groups = stack.groups
         trainable_keys = [
             (name, *key) for name in step.param_names for key in step.params[name].keys(True, True)
         ]

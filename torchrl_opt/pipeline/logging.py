@@ -11,14 +11,14 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from tensordict import TensorDictBase
 from tqdm.auto import tqdm
 
-__all__ = ["NonFiniteMetricError", "RunLogger"]
+__all__ = ["NonFiniteMetricError", "RunLogger", "SeedGroupLogger"]
 
 LOGGER_BACKENDS = ("csv", "tensorboard", "wandb", "none")
 
@@ -151,6 +151,88 @@ class RunLogger:
             self._bar = None
         self._bar_start = 0.0
         return elapsed
+
+
+class SeedGroupLogger:
+    """:class:`RunLogger`'s interface over the per-seed loggers of a seed-batched run.
+
+    :meth:`log` takes metrics whose tensors have a leading seed dimension ``[S, ...]`` (what
+    seed-batched steps return; trailing dimensions are averaged) or are scalars shared by every
+    seed (``kappa``, SPOT's ``lambda``), writes seed ``i``'s values to ``loggers[i]`` (its own CSV /
+    TensorBoard / wandb run and history) and returns the means over seeds (for the progress bar).
+    The values of all seeds are read with one host synchronisation. One progress bar, shown when
+    ``progress``, follows the group's phases.
+
+    Args:
+        loggers: one :class:`RunLogger` per seed, in seed order.
+        seeds: the seeds' values, used to name the seed in error messages.
+        progress: show tqdm bars for the group.
+    """
+
+    def __init__(
+        self, loggers: Sequence[RunLogger], seeds: Sequence[int], *, progress: bool = True
+    ) -> None:
+        if len(loggers) != len(seeds) or not loggers:
+            raise ValueError(f"need one logger per seed; got {len(loggers)} for seeds {list(seeds)}")
+        self.loggers = list(loggers)
+        self.seeds = list(seeds)
+        self._progress = RunLogger("none", ".", "", progress=progress, check_finite=False)
+
+    def log(self, metrics: Mapping[str, float] | TensorDictBase, step: int, prefix: str = "") -> dict:
+        """Log seed ``i``'s values of ``metrics`` to ``loggers[i]``; returns the means over seeds."""
+        per_seed = _split_seeds(metrics, len(self.loggers))
+        logged = []
+        for seed, logger, values in zip(self.seeds, self.loggers, per_seed):
+            try:
+                logged.append(logger.log(values, step, prefix))
+            except NonFiniteMetricError as err:
+                raise NonFiniteMetricError(f"seed {seed}: {err}") from err
+        return {name: sum(v[name] for v in logged) / len(logged) for name in logged[0]}
+
+    def start_phase(self, name: str, total: int, initial: int = 0) -> None:
+        self._progress.start_phase(f"{name} ({len(self.loggers)} seeds)", total, initial)
+
+    def advance(self, n: int = 1, **postfix: float | torch.Tensor) -> None:
+        """Advance the group's bar; per-seed postfix values (tensors ``[S]``) show their mean."""
+        means = {
+            k: float(v.double().mean()) if isinstance(v, torch.Tensor) else v
+            for k, v in postfix.items()
+        }
+        self._progress.advance(n, **means)
+
+    def close_phase(self) -> float:
+        return self._progress.close_phase()
+
+
+def _split_seeds(metrics: Mapping[str, float] | TensorDictBase, num_seeds: int) -> list[dict]:
+    """``[{name: float}]`` per seed from metrics with a leading seed dimension (or shared scalars),
+    read with one host sync."""
+    if isinstance(metrics, TensorDictBase):
+        items = [("/".join(k) if isinstance(k, tuple) else k, v) for k, v in metrics.items(True, True)]
+    else:
+        items = list(metrics.items())
+    shared: dict[str, float] = {}
+    columns: dict[str, torch.Tensor] = {}
+    for name, value in items:
+        if not isinstance(value, torch.Tensor):
+            shared[name] = float(value)
+            continue
+        value = value.detach()
+        if value.dim() == 0:
+            columns[name] = value.double().expand(num_seeds)
+        elif value.shape[0] == num_seeds:
+            columns[name] = value.reshape(num_seeds, -1).double().mean(-1)
+        else:
+            raise ValueError(
+                f"metric {name!r} has shape {tuple(value.shape)}; expected a scalar or a leading "
+                f"seed dimension of {num_seeds}"
+            )
+    rows: list[list[float]] = [[] for _ in range(num_seeds)]
+    if columns:
+        device = next(iter(columns.values())).device
+        table = torch.stack([c.to(device) for c in columns.values()], 1).tolist()
+        rows = table
+    return [{**shared, **dict(zip(columns, row))} for row in rows]
 
 
 def _as_floats(metrics: Mapping[str, float] | TensorDictBase) -> dict[str, float]:

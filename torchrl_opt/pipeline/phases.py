@@ -12,7 +12,7 @@ so :mod:`torchrl_opt.pipeline.run` can save and resume any phase mid-way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,13 +44,35 @@ CheckpointFn = Callable[[int], None]
 
 
 def sample_uniform(
-    data: TensorDictBase, batch_size: int, generator: torch.Generator
+    data: TensorDictBase,
+    batch_size: int,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> TensorDictBase:
-    """``batch_size`` rows of ``data`` drawn uniformly with replacement (a device op)."""
-    index = torch.randint(
-        data.shape[0], (batch_size,), generator=generator, device=generator.device
+    """``batch_size`` rows of ``data`` drawn uniformly with replacement (a device op).
+
+    With a sequence of ``S`` generators (one per seed of a seed-batched run) the batch is
+    ``[S, batch_size]``: seed ``i``'s rows are drawn with ``generator[i]`` (exactly the rows a run
+    of that seed alone draws), from ``data`` when it is shared (``[N]``) or from ``data[i]`` when
+    each seed has its own rows (``[S, N]``); the gather is one op whatever ``S``.
+    """
+    if isinstance(generator, torch.Generator):
+        index = torch.randint(
+            data.shape[0], (batch_size,), generator=generator, device=generator.device
+        )
+        return data[index]
+    generators = list(generator)
+    if data.batch_dims == 2 and data.shape[0] != len(generators):
+        raise ValueError(
+            f"per-seed data of batch size {tuple(data.shape)} for {len(generators)} generators"
+        )
+    rows = data.shape[-1]
+    index = torch.stack(
+        [torch.randint(rows, (batch_size,), generator=g, device=g.device) for g in generators]
     )
-    return data[index]
+    if data.batch_dims == 1:
+        return data[index]
+    seeds = torch.arange(len(generators), device=index.device).unsqueeze(-1)
+    return data[seeds, index]
 
 
 def run_updates(updates: list[UpdateSpec], batch: TensorDictBase, step: int, metrics: dict) -> None:
@@ -211,13 +233,17 @@ def pretrain_online(
 ) -> None:
     """Online pre-training: ``steps`` meta-adaptation updates of the online critics.
 
-    Each update draws ``batch_size`` rows from ``B_off`` and ``batch_size`` from ``B_on``.
+    Each update draws ``batch_size`` rows from ``B_off`` and ``batch_size`` from ``B_on`` (per seed,
+    with one generator per seed, for a seed-batched step: see :func:`sample_uniform`).
     """
     logger.start_phase("online pre-training", steps, start)
     for step in range(start + 1, steps + 1):
+        offline_batch = sample_uniform(offline, batch_size, generator)
+        online_batch = sample_uniform(online, batch_size, generator)
         batch = TensorDict(
-            offline=sample_uniform(offline, batch_size, generator),
-            online=sample_uniform(online, batch_size, generator),
+            offline=offline_batch,
+            online=online_batch,
+            batch_size=offline_batch.batch_size[:-1],
         )
         out = pretrain_step(batch)
         if _due(step, log_every) or step == steps:
@@ -273,6 +299,10 @@ def finetune(
     Per environment step: store the transition, advance kappa (and SPOT's lambda cooling), run
     ``utd`` updates (critics every update, actor every ``actor_delay`` counted over updates), each
     followed by a density-ratio priority update when replay is balanced.
+
+    The collector's batches are ``[T]`` (one env) or ``[S, T]`` (one env per seed of a
+    seed-batched run, with a seed-batched replay and steps): the last dimension is time, and each
+    environment step stores one transition per seed.
     """
     logger.start_phase("fine-tuning", env_steps, start)
     metrics: dict = {}
@@ -281,9 +311,8 @@ def finetune(
         logger.close_phase()
         return update_count
     for batch in collector:
-        batch = batch.reshape(-1)
-        for transition_index in range(batch.shape[0]):
-            replay.extend(batch[transition_index : transition_index + 1])
+        for transition in batch.unbind(-1):
+            replay.extend(transition)
             env_step += 1
             if kappa is not None:
                 kappa.step()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
@@ -47,7 +48,7 @@ from torchrl_opt.env_state import (
 )
 from torchrl_opt.envs import evaluate_policy
 from torchrl_opt.objectives.meta import META_MODES
-from torchrl_opt.pipeline.agents import BACKBONES, Agent, UpdateSpec, make_agent
+from torchrl_opt.pipeline.agents import BACKBONES, Agent, UpdateSpec, make_agent, seeded_init
 from torchrl_opt.pipeline.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -72,6 +73,7 @@ from torchrl_opt.pipeline.phases import (
     train_offline,
     train_vae,
 )
+from torchrl_opt.pipeline.updates import GRAPH_BACKENDS
 from torchrl_opt.schedules import (
     KappaSchedule,
     UnknownKappaPresetError,
@@ -79,9 +81,19 @@ from torchrl_opt.schedules import (
     kappa_preset_config,
 )
 
-__all__ = ["ConfigError", "RunResult", "resolve_device", "run"]
+__all__ = [
+    "ConfigError",
+    "PreparedData",
+    "RunResult",
+    "init_seed",
+    "prepare_data",
+    "resolve_device",
+    "run",
+]
 
 PHASES = ("vae", "offline", "pretrain", "finetune", "done")
+#: what :func:`init_seed` derives initialisation seeds for (order fixes the derived seeds).
+INIT_PURPOSES = ("online_critics", "density_ratio")
 _CHECKPOINT_KEYS = (
     "fingerprint", "phase", "step", "agent", "optimizers", "rng", "history", "wall_clock",
     "updates_done",
@@ -124,6 +136,7 @@ def validate(cfg: RunConfig) -> None:
         ("online_pretrain.order", cfg.online_pretrain.order, (1, 2)),
         ("dataset.source", cfg.dataset.source, DATASET_SOURCES),
         ("logging.backend", cfg.logging.backend, LOGGER_BACKENDS),
+        ("acceleration.graph_backend", cfg.acceleration.graph_backend, GRAPH_BACKENDS),
     ]
     for key, value, allowed in choices:
         if value not in allowed:
@@ -197,6 +210,7 @@ def validate(cfg: RunConfig) -> None:
     ]:
         if value is not None and value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
+    validate_seeds(cfg)
     if cfg.finetune.replay == "online" and cfg.online_pretrain.n_tau == 0:
         raise ConfigError("finetune.replay='online' needs online_pretrain.n_tau > 0 to start sampling")
     if cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0 and cfg.online_pretrain.n_tau == 0:
@@ -206,11 +220,15 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.dataset.source == "d4rl_hdf5" and not cfg.dataset.path:
         raise ConfigError("dataset.source='d4rl_hdf5' needs dataset.path")
-    if cfg.offline.checkpoint is not None and not Path(cfg.offline.checkpoint).is_file():
-        raise ConfigError(
-            f"offline.checkpoint={cfg.offline.checkpoint!r}: no such file (point it at the "
-            "offline.pt of a finished run, or leave it unset to train offline)"
-        )
+    if cfg.offline.checkpoint is not None:
+        for seed in cfg.seeds if cfg.seeds is not None else [cfg.seed]:
+            path = offline_checkpoint_path(cfg, seed)
+            if not Path(path).is_file():
+                raise ConfigError(
+                    f"offline.checkpoint={cfg.offline.checkpoint!r}: no such file {path!r} (point "
+                    "it at the offline.pt of a finished run, with {seed} standing for the seed, or "
+                    "leave it unset to train offline)"
+                )
     if cfg.finetune.use_q_on and cfg.finetune.kappa.kind == "preset":
         try:
             kappa_preset_config(cfg.dataset.task, cfg.dataset.kind)
@@ -226,6 +244,33 @@ def validate(cfg: RunConfig) -> None:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"device={cfg.device!r} is not a valid torch device: {err}") from err
+
+
+def offline_checkpoint_path(cfg: RunConfig, seed: int) -> str | None:
+    """``offline.checkpoint`` of seed ``seed``: ``{seed}`` in the path stands for the seed (one
+    offline checkpoint per seed of a sweep or a seed-batched run); ``None`` when unset."""
+    path = cfg.offline.checkpoint
+    if path is None or "{seed}" not in path:
+        return path
+    return path.replace("{seed}", str(seed))
+
+
+def validate_seeds(cfg: RunConfig) -> None:
+    """Check ``cfg.seeds`` (``None``, or distinct non-negative seeds for a seed-batched run)."""
+    if cfg.seeds is None:
+        return
+    seeds = list(cfg.seeds)
+    if not seeds:
+        raise ConfigError("seeds=[] lists no seed: give at least one, or seeds=null for one run of seed")
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"seeds must be >= 0, got {seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds} lists a seed twice")
+    if cfg.system != "opt":
+        raise ConfigError(
+            f"seeds={seeds} batches the seeds of the OPT pipeline (system=opt); system="
+            f"{cfg.system!r} runs one seed per process: sweep it with -m seed=..."
+        )
 
 
 def _fingerprint(cfg: RunConfig, env_id: str) -> dict[str, Any]:
@@ -301,10 +346,58 @@ def _tensordict_from_state(state: dict, device: torch.device) -> TensorDictBase:
     return TensorDict(state["data"], batch_size=state["batch_size"]).to(device)
 
 
-class RunContext:
-    """The state of one run; methods are the phase transitions. Kept private: use :func:`run`."""
+def init_seed(seed: int, purpose: str) -> int:
+    """The seed of one network initialisation of run ``seed`` (``purpose`` in :data:`INIT_PURPOSES`).
 
-    def __init__(self, cfg: RunConfig) -> None:
+    Networks created after training has started (the online critics when fine-tuning is set up, the
+    density-ratio estimator) are initialised from these seeds (see
+    :func:`~torchrl_opt.pipeline.agents.seeded_init`), so seed ``s`` gets the same initial networks
+    whether it runs alone or batched with other seeds (:mod:`torchrl_opt.pipeline.seeds`). Derived
+    with NumPy's ``SeedSequence`` (independent streams per purpose).
+    """
+    if purpose not in INIT_PURPOSES:
+        raise ValueError(f"unknown initialisation purpose {purpose!r}; known: {INIT_PURPOSES}")
+    sequence = np.random.SeedSequence(int(seed), spawn_key=(INIT_PURPOSES.index(purpose),))
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class PreparedData:
+    """The offline data of a run, on its device, with what was derived from them.
+
+    ``obs_loc``/``obs_scale`` are the observation statistics when ``offline.normalize_observations``
+    (then ``data`` is already normalised), else ``None``.
+    """
+
+    data: TensorDictBase
+    env_id: str
+    ref_scores: tuple | None
+    obs_loc: torch.Tensor | None = None
+    obs_scale: torch.Tensor | None = None
+
+
+def prepare_data(cfg: RunConfig, device: torch.device) -> PreparedData:
+    """Load (or generate) the offline data of ``cfg`` on ``device`` and normalise observations
+    when ``cfg.offline.normalize_observations`` (``(x - mean) / (std + 1e-3)``, dataset statistics)."""
+    data, env_id, ref_scores = load_dataset(cfg, device)
+    prepared = PreparedData(data, env_id, ref_scores)
+    if cfg.offline.normalize_observations:
+        obs = data["observation"]
+        prepared.obs_loc = obs.mean(0)
+        prepared.obs_scale = obs.std(0) + 1e-3
+        for key in ("observation", ("next", "observation")):
+            data.set(key, (data.get(key) - prepared.obs_loc) / prepared.obs_scale)
+    return prepared
+
+
+class RunContext:
+    """The state of one run; methods are the phase transitions. Kept private: use :func:`run`.
+
+    ``prepared`` passes offline data loaded once for several runs (the seeds of
+    :mod:`torchrl_opt.pipeline.seeds`); by default the run loads its own.
+    """
+
+    def __init__(self, cfg: RunConfig, prepared: PreparedData | None = None) -> None:
         validate(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -316,13 +409,9 @@ class RunContext:
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         self.offline_path = self.run_dir / "offline.pt"
 
-        self.data, self.env_id, self.ref_scores = load_dataset(cfg, self.device)
-        self.obs_loc = self.obs_scale = None
-        if cfg.offline.normalize_observations:
-            obs = self.data["observation"]
-            self.obs_loc = obs.mean(0)
-            self.obs_scale = obs.std(0) + 1e-3
-            self._normalise_data()
+        prepared = prepared if prepared is not None else prepare_data(cfg, self.device)
+        self.data, self.env_id, self.ref_scores = prepared.data, prepared.env_id, prepared.ref_scores
+        self.obs_loc, self.obs_scale = prepared.obs_loc, prepared.obs_scale
         probe = self.make_env(seed=cfg.seed, train=False)
         obs_dim = probe.observation_spec["observation"].shape[-1]
         if obs_dim != self.data["observation"].shape[-1]:
@@ -346,10 +435,6 @@ class RunContext:
         self.online_data: TensorDictBase | None = None
 
     # ------------------------------------------------------------------ env & evaluation
-    def _normalise_data(self) -> None:
-        for key in ("observation", ("next", "observation")):
-            self.data.set(key, (self.data.get(key) - self.obs_loc) / self.obs_scale)
-
     def make_env(self, seed: int, *, train: bool = True):
         """The task's env (observation normalisation applied); ``train`` envs also get the
         dataset's reward shift, evaluation envs report raw returns for the normalised score."""
@@ -441,10 +526,7 @@ class RunContext:
                 f"{self.checkpoint_path} marks the run finished but {self.run_dir / 'summary.json'} "
                 "is missing"
             )
-        kappa = self.initial_kappa()
-        self.agent.build_finetune_loss(
-            use_q_on=self.cfg.finetune.use_q_on, kappa=kappa.value(0) if kappa is not None else 0.0
-        )
+        self.build_finetune_loss(self.initial_kappa())
         self.agent.load_state_dict(state["agent"])
 
     def _checkpoint_every(self) -> int:
@@ -460,7 +542,7 @@ class RunContext:
     def offline_phase(self, state: dict | None) -> None:
         cfg = self.cfg
         if cfg.offline.checkpoint:
-            self._load_offline_checkpoint(cfg.offline.checkpoint)
+            self._load_offline_checkpoint(offline_checkpoint_path(cfg, cfg.seed))
             return
         if state is not None and PHASES.index(state["phase"]) > PHASES.index("offline"):
             return  # the agent's state comes with the later phase's checkpoint
@@ -554,12 +636,39 @@ class RunContext:
             return KappaSchedule.constant(cfg.kappa.init)
         return KappaSchedule(cfg.kappa.init, cfg.kappa.end, cfg.kappa.t_decay, cfg.kappa.start)
 
+    def build_finetune_loss(self, kappa: KappaSchedule | None):
+        """The agent's fine-tuning loss (kappa at its schedule's start), the online critics
+        initialised from :func:`init_seed` ``(seed, "online_critics")``."""
+        return self.agent.build_finetune_loss(
+            use_q_on=self.cfg.finetune.use_q_on,
+            kappa=kappa.value(0) if kappa is not None else 0.0,
+            init_seed=init_seed(self.cfg.seed, "online_critics"),
+        )
+
+    def make_density_estimator(self) -> DensityRatioEstimator:
+        """Balanced replay's density-ratio network, initialised from :func:`init_seed`
+        ``(seed, "density_ratio")``."""
+        cfg = self.cfg
+        with seeded_init(init_seed(cfg.seed, "density_ratio")):
+            estimator = DensityRatioEstimator(
+                self.agent.obs_dim, self.agent.action_dim, tuple(cfg.backbone.hidden),
+                temperature=cfg.finetune.temperature,
+            )
+        return estimator.to(self.device)
+
+    def make_density_updater(self) -> DensityRatioUpdater:
+        """:meth:`make_density_estimator` with its Adam (``finetune.density_lr``)."""
+        estimator = self.make_density_estimator()
+        return DensityRatioUpdater(
+            estimator,
+            torch.optim.Adam(estimator.parameters(), lr=self.cfg.finetune.density_lr),
+            self.cfg.finetune.batch_size,
+        )
+
     def online_phases(self, state: dict | None) -> None:
         cfg = self.cfg
         kappa = self.initial_kappa()
-        self.agent.build_finetune_loss(
-            use_q_on=cfg.finetune.use_q_on, kappa=kappa.value(0) if kappa is not None else 0.0
-        )
+        self.build_finetune_loss(kappa)
         phase = state["phase"] if state is not None else "pretrain"
         if phase in ("vae", "offline"):
             state, phase = None, "pretrain"
@@ -611,14 +720,7 @@ class RunContext:
         )
         if self.online_data is not None:
             replay.extend(self.online_data)
-        density = None
-        if ft.replay == "balanced":
-            estimator = DensityRatioEstimator(
-                agent.obs_dim, agent.action_dim, tuple(cfg.backbone.hidden), temperature=ft.temperature
-            ).to(self.device)
-            density = DensityRatioUpdater(
-                estimator, torch.optim.Adam(estimator.parameters(), lr=ft.density_lr), ft.batch_size
-            )
+        density = self.make_density_updater() if ft.replay == "balanced" else None
         if kappa is not None:
             kappa.attach(loss.kappa)
         penalty = getattr(loss, "actor_penalty", None)
@@ -708,8 +810,15 @@ def run(cfg: RunConfig | Any) -> RunResult:
 
     ``cfg.system`` other than ``"opt"`` runs that seed system (RLPD, RLPD+OPT, WSRL, PORL) from
     :mod:`torchrl_opt.pipeline.baselines` on the same data, evaluation, logging and checkpoints.
+    ``cfg.seeds`` (a list) trains those seeds together in this process and returns a
+    :class:`~torchrl_opt.pipeline.seeds.SeedGroupResult` (see :mod:`torchrl_opt.pipeline.seeds`).
     """
     cfg = to_run_config(cfg)
+    if cfg.seeds is not None:
+        from torchrl_opt.pipeline.seeds import run_seeds
+
+        validate_seeds(cfg)
+        return run_seeds(cfg)
     if cfg.system != "opt":
         from torchrl_opt.pipeline.baselines import BASELINE_METHODS, run_baseline
 

@@ -53,7 +53,6 @@ from torchrl.trainers import (
 )
 
 from torchrl_opt.data.replay import (
-    DensityRatioEstimator,
     MixedReplayBuffer,
     make_replay,
 )
@@ -729,9 +728,7 @@ class OPTTrainer(Trainer):
         agent = r.agent
         ft = cfg.finetune
         kappa = r.initial_kappa()
-        loss = agent.build_finetune_loss(
-            use_q_on=ft.use_q_on, kappa=kappa.value(0) if kappa is not None else 0.0
-        )
+        loss = r.build_finetune_loss(kappa)
         pretrain_update = None
         if ft.use_q_on and cfg.online_pretrain.steps > 0:
             pretrain_update = agent.pretrain_update(cfg.online_pretrain)
@@ -750,17 +747,7 @@ class OPTTrainer(Trainer):
             ft.replay, r.data, cfg.online_pretrain.n_tau + ft.env_steps, ft.batch_size,
             device=r.device, seed=cfg.seed,
         )
-        density = None
-        if ft.replay == "balanced":
-
-            def density() -> DensityRatioUpdater:
-                estimator = DensityRatioEstimator(
-                    agent.obs_dim, agent.action_dim, tuple(cfg.backbone.hidden),
-                    temperature=ft.temperature,
-                ).to(r.device)
-                return DensityRatioUpdater(
-                    estimator, torch.optim.Adam(estimator.parameters(), lr=ft.density_lr), ft.batch_size
-                )
+        density = r.make_density_updater if ft.replay == "balanced" else None
 
         penalty = getattr(loss, "actor_penalty", None)
         penalty_step = penalty.step if penalty is not None and hasattr(penalty, "step") else None

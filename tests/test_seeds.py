@@ -1,0 +1,373 @@
+"""Seed-batched runs (``run(cfg)`` with ``cfg.seeds``): equality with single runs, outputs, resume,
+configuration errors, and the pieces they are built from (per-seed batch sampling, the group
+logger, seeded initialisation, the seed-batched density-ratio step).
+
+The end-to-end tests reuse ``test_pipeline``'s tiny configuration and generated dataset. With the
+noise switched off (target smoothing ``1e-12``, no exploration noise) nothing random is left but
+the per-seed generators, initialisations and environments, so a group must reproduce the single
+runs of its seeds; with noise on it must still resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from _helpers import transition_batch
+from tensordict import TensorDict
+from test_pipeline import (  # noqa: F401  (fixtures used by name)
+    CHECKPOINT_EVERY,
+    ENV_STEPS,
+    OFFLINE_STEPS,
+    _assert_series_close,
+    _assert_states_equal,
+    _read_csv,
+    _single_thread_and_data,
+    _tree_digest,
+    minari_root,
+    tiny_cfg,
+)
+
+import torchrl_opt.pipeline.run as runmod
+import torchrl_opt.pipeline.seeds as seedsmod
+from torchrl_opt.data.replay import DensityRatioEstimator, make_replay
+from torchrl_opt.data.seed_replay import make_seed_batched_replay
+from torchrl_opt.pipeline.agents import make_agent, seeded_init
+from torchrl_opt.pipeline.checkpoint import CheckpointMismatchError
+from torchrl_opt.pipeline.config import BackboneConfig, ConfigError
+from torchrl_opt.pipeline.logging import NonFiniteMetricError, RunLogger, SeedGroupLogger
+from torchrl_opt.pipeline.phases import DensityRatioUpdater, sample_uniform
+from torchrl_opt.pipeline.run import init_seed
+
+SEEDS = [3, 5]
+
+
+def group_cfg(run_dir, backbone="td3", seeds=SEEDS, *, noise=True):
+    cfg = tiny_cfg(run_dir, backbone)
+    cfg.seeds = list(seeds)
+    if not noise:
+        quiet(cfg)
+    return cfg
+
+
+def quiet(cfg):
+    """No noise left in a TD3 run but the seeded initialisations, batches and envs."""
+    cfg.backbone.policy_noise = 1e-12
+    cfg.backbone.exploration_noise = 0.0
+    return cfg
+
+
+def _scalars(result, cfg):
+    """The CSV directory of one seed of a group run of ``cfg``."""
+    seed = result.summary["config"]["seed"]
+    return result.run_dir / f"{seedsmod._group_experiment_name(cfg)}-seed{seed}" / "scalars"
+
+
+def _state(agent) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in agent.state_dict().items() if torch.is_tensor(v)}
+
+
+_GROUPS: dict[str, seedsmod.SeedGroupResult] = {}
+
+
+@pytest.fixture(scope="module")
+def group_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("seed_groups")
+
+
+def reference_group(name: str, root, **kwargs) -> seedsmod.SeedGroupResult:
+    """An uninterrupted group run, computed once per module."""
+    if name not in _GROUPS:
+        _GROUPS[name] = runmod.run(group_cfg(root / name, **kwargs))
+    return _GROUPS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# equality with single runs
+# ---------------------------------------------------------------------------------------------
+def test_noise_free_group_reproduces_the_single_runs_of_its_seeds(group_root, tmp_path):
+    """Every logged metric and the final networks of each seed equal its own single run (default
+    torch.optim steps) up to float rounding of the vmapped kernels."""
+    group = reference_group("td3_quiet", group_root, noise=False)
+    assert group.seeds == SEEDS
+    for seed, result in zip(SEEDS, group.results):
+        cfg = quiet(tiny_cfg(tmp_path / f"single{seed}", "td3"))
+        cfg.seed = seed
+        single = runmod.run(cfg)
+        assert result.history.keys() == single.history.keys()
+        for key, series in single.history.items():
+            _assert_series_close(result.history[key], series, rel=1e-4)
+        grouped, alone = _state(result.agent), _state(single.agent)
+        assert grouped.keys() == alone.keys()
+        for key in alone:
+            torch.testing.assert_close(grouped[key], alone[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_iql_group_reproduces_offline_and_pretraining_of_single_runs(tmp_path):
+    """IQL's exploration samples its Gaussian (shared RNG), but everything before fine-tuning
+    is deterministic per seed: offline and pre-training metrics equal the single runs'."""
+    cfg = group_cfg(tmp_path / "group", "iql")
+    cfg.finetune.env_steps = 5
+    group = runmod.run(cfg)
+    for seed, result in zip(SEEDS, group.results):
+        single_cfg = tiny_cfg(tmp_path / f"single{seed}", "iql")
+        single_cfg.seed, single_cfg.finetune.env_steps = seed, 5
+        single = runmod.run(single_cfg)
+        keys = [k for k in single.history if k.startswith(("offline", "pretrain/"))]
+        assert any(k.startswith("pretrain/") for k in keys) and any(k.startswith("offline/") for k in keys)
+        for key in keys:
+            _assert_series_close(result.history[key], single.history[key], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------------------------
+def test_group_writes_each_seed_like_a_single_run_and_aggregates(group_root):
+    group = reference_group("td3", group_root)
+    root = group.run_dir
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(group.summary, default=str))
+    finals = []
+    for seed, result in zip(SEEDS, group.results):
+        seed_dir = root / f"seed{seed}"
+        assert result.run_dir == seed_dir
+        seed_summary = json.loads((seed_dir / "summary.json").read_text())
+        assert seed_summary["config"]["seed"] == seed
+        assert seed_summary["seed_group"] == {"seeds": SEEDS, "run_dir": str(root)}
+        assert seed_summary["final_normalized_score"] == result.history["eval/normalized_score"][-1][1]
+        assert (seed_dir / "offline.pt").is_file()
+        scalars = _scalars(result, group_cfg(root))
+        for key in ("eval/normalized_score", "offline_eval/return", "finetune/loss_qvalue_on"):
+            _assert_series_close(_read_csv(scalars / f"{key}.csv"), result.history[key], rel=1e-12)
+        assert summary["per_seed"][str(seed)]["final_normalized_score"] == seed_summary["final_normalized_score"]
+        finals.append(seed_summary["final_normalized_score"])
+    mean = sum(finals) / len(finals)
+    assert summary["final_normalized_score"] == pytest.approx(mean)
+    assert summary["final_normalized_score_std"] == pytest.approx(
+        math.sqrt(sum((f - mean) ** 2 for f in finals) / len(finals))
+    )
+    assert summary["seeds"] == SEEDS
+    assert summary["updates"]["finetune"] == ENV_STEPS * 2
+    # the seeds really are different runs (different initialisation, data and environments)
+    a, b = (r.history["offline/loss_qvalue_off"] for r in group.results)
+    assert a != b
+
+
+def test_finished_group_is_not_rerun(group_root, monkeypatch):
+    group = reference_group("td3", group_root)
+    before = _tree_digest(group.run_dir)
+    monkeypatch.setattr(seedsmod, "train_offline", lambda *a, **k: pytest.fail("retrained"))
+    again = runmod.run(group_cfg(group.run_dir))
+    assert again.summary == json.loads(json.dumps(group.summary, default=str))
+    for a, b in zip(again.results, group.results):
+        _assert_states_equal(_state(a.agent), _state(b.agent))
+    assert _tree_digest(group.run_dir) == before
+
+
+def test_offline_checkpoint_template_loads_each_seeds_own(group_root, tmp_path, monkeypatch):
+    """``offline.checkpoint`` with ``{seed}``: every seed fine-tunes from its own offline.pt."""
+    group = reference_group("td3", group_root)
+    cfg = group_cfg(tmp_path / "reuse")
+    cfg.offline.checkpoint = str(group.run_dir / "seed{seed}" / "offline.pt")
+    loaded = []
+    original = runmod.RunContext._load_offline_checkpoint
+
+    def load(self, path):
+        loaded.append(path)
+        return original(self, path)
+
+    monkeypatch.setattr(runmod.RunContext, "_load_offline_checkpoint", load)
+    monkeypatch.setattr(seedsmod, "train_offline", lambda *a, **k: pytest.fail("retrained"))
+    out = runmod.run(cfg)
+    assert loaded == [str(group.run_dir / f"seed{s}" / "offline.pt") for s in SEEDS]
+    assert not any(k.startswith("offline") for k in out.results[0].history)
+    cfg.offline.checkpoint = str(tmp_path / "nowhere" / "seed{seed}" / "offline.pt")
+    with pytest.raises(ConfigError, match="seed3"):
+        runmod.run(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+# ---------------------------------------------------------------------------------------------
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "phase,step",
+    [("offline", CHECKPOINT_EVERY), ("pretrain", 0), ("pretrain", CHECKPOINT_EVERY),
+     ("finetune", 2 * CHECKPOINT_EVERY)],
+)
+def test_killed_group_resumes_exactly(phase, step, group_root, tmp_path, monkeypatch):
+    """Kill right after a group checkpoint, rerun: every seed's metrics and networks are exactly
+    those of the uninterrupted group (noise on: the shared RNG is restored too)."""
+    reference = reference_group("td3", group_root)
+    cfg = group_cfg(tmp_path / "run")
+    original = seedsmod.SeedGroup.save
+
+    def save(self, ph, st, updates, **extra):
+        original(self, ph, st, updates, **extra)
+        if (ph, st) == (phase, step):
+            raise _Kill(ph, st)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(seedsmod.SeedGroup, "save", save)
+        with pytest.raises(_Kill):
+            runmod.run(cfg)
+    resumed = runmod.run(cfg)
+    for a, b in zip(resumed.results, reference.results):
+        assert a.history == b.history
+        _assert_states_equal(_state(a.agent), _state(b.agent))
+        rows = _read_csv(_scalars(a, cfg) / "offline" / "loss_qvalue_off.csv")
+        assert [s for s, _ in rows] == [s for s, _ in b.history["offline/loss_qvalue_off"]]
+
+
+def test_resuming_with_other_seeds_is_refused(group_root, tmp_path, monkeypatch):
+    cfg = group_cfg(tmp_path / "run")
+    original = seedsmod.SeedGroup.save
+
+    def save(self, ph, st, updates, **extra):
+        original(self, ph, st, updates, **extra)
+        raise _Kill(ph, st)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(seedsmod.SeedGroup, "save", save)
+        with pytest.raises(_Kill):
+            runmod.run(cfg)
+    before = _tree_digest(tmp_path / "run")
+    cfg.seeds = [3, 6]
+    with pytest.raises(CheckpointMismatchError, match="seeds"):
+        runmod.run(cfg)
+    assert _tree_digest(tmp_path / "run") == before
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seeds": []}, "lists no seed"),
+        ({"seeds": [1, 1]}, "twice"),
+        ({"seeds": [0, -2]}, ">= 0"),
+        ({"system": "rlpd"}, "system='rlpd'"),
+        ({"backbone": "spot"}, "spot"),
+    ],
+)
+def test_bad_seed_configurations_are_named(change, message, tmp_path):
+    cfg = group_cfg(tmp_path / "bad")
+    for key, value in change.items():
+        if key == "backbone":
+            cfg.backbone.name = value
+        else:
+            setattr(cfg, key, value)
+    with pytest.raises(ConfigError, match=message):
+        runmod.run(cfg)
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------
+def test_sample_uniform_with_one_generator_per_seed_draws_each_seeds_own_rows():
+    data = TensorDict(x=torch.arange(50.0), batch_size=[50])
+    per_seed = torch.stack([TensorDict(x=torch.arange(50.0) + 100 * i, batch_size=[50]) for i in range(3)])
+    seeds = [7, 8, 9]
+    for source in (data, per_seed):
+        batched = sample_uniform(source, 6, [torch.Generator().manual_seed(s) for s in seeds])
+        assert batched.batch_size == torch.Size([3, 6])
+        for i, seed in enumerate(seeds):
+            rows = source if source.batch_dims == 1 else source[i]
+            alone = sample_uniform(rows, 6, torch.Generator().manual_seed(seed))
+            assert torch.equal(batched[i]["x"], alone["x"])
+    with pytest.raises(ValueError, match="per-seed data"):
+        sample_uniform(per_seed, 6, [torch.Generator()] * 2)
+
+
+def test_seed_group_logger_fans_out_per_seed(tmp_path):
+    loggers = [RunLogger("csv", tmp_path / f"s{i}", f"s{i}", progress=False) for i in range(3)]
+    group = SeedGroupLogger(loggers, [10, 11, 12], progress=False)
+    means = group.log(
+        TensorDict(loss=torch.tensor([1.0, 2.0, 6.0]), grid=torch.arange(6.0).reshape(3, 2),
+                   kappa=torch.tensor(0.25)),
+        step=4, prefix="p",
+    )
+    assert means == pytest.approx({"loss": 3.0, "grid": 2.5, "kappa": 0.25})
+    for i, logger in enumerate(loggers):
+        assert logger.history["p/loss"] == [(4, [1.0, 2.0, 6.0][i])]
+        assert logger.history["p/grid"] == [(4, 2 * i + 0.5)]
+        assert logger.history["p/kappa"] == [(4, 0.25)]
+    with pytest.raises(NonFiniteMetricError, match="seed 11"):
+        group.log({"loss": torch.tensor([0.0, math.nan, 1.0])}, step=5)
+    with pytest.raises(ValueError, match="leading seed dimension"):
+        group.log({"loss": torch.ones(4)}, step=6)
+    with pytest.raises(ValueError, match="one logger per seed"):
+        SeedGroupLogger(loggers, [1, 2])
+
+
+def test_init_seed_is_deterministic_and_independent_of_the_global_rng():
+    assert init_seed(3, "online_critics") == init_seed(3, "online_critics")
+    assert len({init_seed(s, p) for s in (0, 1) for p in ("online_critics", "density_ratio")}) == 4
+    with pytest.raises(ValueError, match="purpose"):
+        init_seed(0, "bogus")
+
+    def q_on_after(draws: int):
+        torch.manual_seed(0)
+        agent = make_agent(BackboneConfig(hidden=[8]), 3, _spec(), "cpu")
+        torch.rand(draws)  # "earlier phases" drawing more or fewer random numbers
+        agent.build_finetune_loss(use_q_on=True, kappa=0.5, init_seed=init_seed(0, "online_critics"))
+        after = torch.rand(2)
+        return agent.finetune_loss.qvalue_on_network_params.clone(), after
+
+    (q1, next1), (q2, next2) = q_on_after(1), q_on_after(100)
+    assert (q1 == q2).all()
+    torch.manual_seed(0)
+    make_agent(BackboneConfig(hidden=[8]), 3, _spec(), "cpu")
+    torch.rand(1)
+    assert torch.equal(next1, torch.rand(2))  # the global stream continued untouched
+    assert not torch.equal(next1, next2)
+    with seeded_init(None):  # no-op
+        pass
+
+
+def _spec():
+    from _helpers import action_spec
+
+    return action_spec(dim=2)
+
+
+def test_seed_batched_density_step_equals_per_seed_updaters():
+    """The vmapped functional density-ratio step on a seed-batched replay gives each seed the
+    losses, priorities and estimator weights of its own DensityRatioUpdater on its own replay."""
+    obs, act, seeds = 4, 2, [1, 2, 3]
+    offline = transition_batch(40, obs, act, generator=torch.Generator().manual_seed(0))
+    online = torch.stack(
+        [transition_batch(12, obs, act, generator=torch.Generator().manual_seed(10 + s)) for s in seeds]
+    )
+    estimators, singles, replays = [], [], []
+    for i, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        estimator = DensityRatioEstimator(obs, act, (16,))
+        twin = DensityRatioEstimator(obs, act, (16,))
+        twin.load_state_dict(estimator.state_dict())
+        estimators.append(estimator)
+        singles.append(DensityRatioUpdater(twin, torch.optim.Adam(twin.parameters(), lr=1e-2), 8))
+        replay = make_replay("balanced", offline, 12, 8, seed=seed)
+        replay.extend(online[i])
+        replays.append(replay)
+    batched = seedsmod.SeedBatchedDensityUpdater(estimators, 1e-2, 8, torch.device("cpu"))
+    seed_replay = make_seed_batched_replay("balanced", offline, 3, 12, 8, seeds=seeds)
+    seed_replay.extend(online)
+    for _ in range(3):
+        sample = seed_replay.sample()
+        losses = batched(seed_replay, sample)
+        for i in range(3):
+            single_sample = replays[i].sample()
+            assert torch.equal(single_sample["index"], sample["index"][i])
+            torch.testing.assert_close(losses[i], singles[i](replays[i], single_sample), rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(seed_replay.trees[i], replays[i]._sampler.tree, rtol=1e-6, atol=1e-9)
+    for estimator, single in zip(estimators, singles):
+        for a, b in zip(estimator.parameters(), single.estimator.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

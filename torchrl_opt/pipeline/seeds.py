@@ -1,0 +1,620 @@
+"""Seed-batched runs: ``S`` seeds of one OPT configuration trained together in one process.
+
+``run(cfg)`` with ``cfg.seeds = [s_0, ..., s_{S-1}]`` (recipes: ``seeds=[0,1,2]``) runs the three phases
+once for all seeds. One seed leaves a GPU almost idle (batch-256 MLP updates are launch-bound), so the
+seeds' networks are stacked along a leading seed dimension and every update (offline TD3+BC / IQL,
+meta-adaptation pre-training, fine-tuning, the density-ratio step) is one functional step vmapped over
+seeds (:class:`~torchrl_opt.pipeline.functional.SeedBatchedStep`): one graph, compiled and
+CUDA-graphed like a single seed's, for all ``S`` seeds.
+
+What each seed keeps of its own, exactly as ``run(cfg)`` with ``seed=s`` would:
+
+* its networks' initialisation (``torch.manual_seed(s)`` before the agent is built, then
+  :func:`~torchrl_opt.pipeline.run.init_seed` for the online critics and the density-ratio network);
+* its batch generator (offline and pre-training batches: the same rows as the single run) and its
+  replay sampler's generator (seeded with ``s``);
+* its environments (collection ``s + 1``, fine-tuning ``s + 2``, evaluation as the single run) and its
+  evaluation;
+* its outputs, in ``<run_dir>/seed<s>/``: CSV (TensorBoard, wandb) logs, ``offline.pt`` (reusable as
+  ``offline.checkpoint`` by a single run), ``summary.json``.
+
+What the seeds share: the offline dataset (loaded once), the kappa schedule and SPOT's lambda (both
+functions of the environment step, and all seeds step in lockstep), and torch's global RNG. Noise drawn
+inside the updates (TD3's target smoothing) and by the exploration policies comes from it, for all
+seeds at once (``vmap(randomness="different")``), so seed ``s``'s noise is not the noise of its single
+run: a seed-batched run is reproducible (same ``seeds``, same results) and statistically equivalent to
+single runs, and with noise-free settings it reproduces the single runs (tested).
+
+``<run_dir>/checkpoint.pt`` holds the whole group and is rewritten atomically every
+``checkpoint.every`` steps of any phase; rerunning the same configuration resumes it, and a finished
+group returns its summaries. ``<run_dir>/summary.json`` aggregates the seeds (mean and standard
+deviation of the normalised scores). Seed batching always uses the functional update steps
+(``acceleration.functional`` is implied).
+
+Not batched yet: the SPOT backbone (its VAE penalty reads one VAE per seed) and the baselines'
+seed systems (``system=rlpd|...``): they run one seed per process (``-m seed=0,1,2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs.utils import ExplorationType
+
+from torchrl_opt.data.replay import DensityRatioEstimator
+from torchrl_opt.data.seed_replay import SeedBatchedReplay, make_seed_batched_replay
+from torchrl_opt.env_state import env_restore_on_next_reset, env_snapshot
+from torchrl_opt.objectives.density import DensityRatioLoss
+from torchrl_opt.pipeline.agents import UpdateSpec
+from torchrl_opt.pipeline.checkpoint import (
+    CheckpointError,
+    check_fingerprint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from torchrl_opt.pipeline.config import ConfigError, RunConfig
+from torchrl_opt.pipeline.functional import SeedBatchedStep, SeedStack, make_functional_step
+from torchrl_opt.pipeline.logging import SeedGroupLogger
+from torchrl_opt.pipeline.phases import collect_online, finetune, pretrain_online, train_offline
+from torchrl_opt.pipeline.run import (
+    PHASES,
+    RunContext,
+    RunResult,
+    _tensordict_from_state,
+    _tensordict_state,
+    _write_json_atomic,
+    offline_checkpoint_path,
+    prepare_data,
+    resolve_device,
+    validate,
+)
+from torchrl_opt.pipeline.updates import AccelerationConfig, accelerate
+from torchrl_opt.schedules import KappaSchedule
+
+__all__ = [
+    "SeedBatchedDensityUpdater",
+    "SeedCollectors",
+    "SeedGroup",
+    "SeedGroupResult",
+    "run_seeds",
+]
+
+#: backbones whose every update can be seed-batched.
+SEED_BATCHED_BACKBONES = ("td3", "iql")
+_CHECKPOINT_KEYS = (
+    "fingerprint", "phase", "step", "members", "optimizers", "rng", "histories", "wall_clock",
+    "updates_done",
+)
+#: longest seed list spelled out in a run-directory name (longer lists become a digest).
+MAX_SEEDS_IN_NAME = 60
+
+
+@dataclass
+class SeedGroupResult:
+    """What :func:`run_seeds` returns: the group's directory and summary, and every seed's result."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    results: list[RunResult] = field(repr=False)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.summary["seeds"])
+
+
+def seeds_label(seeds: Sequence[int]) -> str:
+    """``"seeds0-1-2"``: the seeds as one run-directory name part (a digest when very long)."""
+    label = "-".join(str(s) for s in seeds)
+    if len(label) > MAX_SEEDS_IN_NAME:
+        digest = hashlib.sha1(label.encode()).hexdigest()[:12]
+        label = f"{len(seeds)}x-h{digest}"
+    return f"seeds{label}"
+
+
+class SeedBatchedDensityUpdater:
+    """Balanced replay's density-ratio step for ``S`` seeds at once (one vmapped functional step).
+
+    The batched counterpart of :class:`~torchrl_opt.pipeline.phases.DensityRatioUpdater`:
+    ``updater(replay, sample)`` draws ``batch_size`` offline and ``batch_size`` online rows per seed
+    from the :class:`~torchrl_opt.data.seed_replay.SeedBatchedReplay`, takes one Adam step of every
+    seed's estimator on ``L_w`` (:class:`~torchrl_opt.objectives.density.DensityRatioLoss`) and writes
+    the RL batch's new priorities ``[S, B]`` (computed before the step, as Off2On) into the replay.
+    Returns the losses ``[S]``.
+    """
+
+    def __init__(
+        self,
+        estimators: Sequence[DensityRatioEstimator],
+        lr: float,
+        batch_size: int,
+        device: torch.device,
+        acceleration: AccelerationConfig | None = None,
+    ) -> None:
+        self.estimators = list(estimators)
+        losses = [DensityRatioLoss(estimator) for estimator in self.estimators]
+        template = losses[0]
+        step = make_functional_step(
+            template, ("density_network_params",), template, ("loss_density",), lr
+        )
+        batched = SeedBatchedStep(SeedStack.of(losses), step)
+        self.optimizer = batched.optimizer
+        self.step = accelerate(batched, device, acceleration)
+        self.batch_size = int(batch_size)
+
+    def __call__(self, replay: SeedBatchedReplay, sample: TensorDictBase) -> torch.Tensor:
+        offline, online = replay.sample_offline_online(self.batch_size)
+        out = self.step(
+            TensorDict(
+                offline=offline, online=online, sample=sample, batch_size=offline.batch_size[:1]
+            )
+        )
+        replay.update_priority(sample["index"], out["priority"])
+        return out["loss_density"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "estimators": [estimator.state_dict() for estimator in self.estimators],
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["estimators"]) != len(self.estimators):
+            raise CheckpointError(
+                f"the checkpoint holds {len(state['estimators'])} density-ratio estimators, "
+                f"this group has {len(self.estimators)} seeds"
+            )
+        for estimator, estimator_state in zip(self.estimators, state["estimators"]):
+            estimator.load_state_dict(estimator_state)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class SeedCollectors:
+    """One TorchRL ``Collector`` per seed (its env and exploration policy), stepped in lockstep.
+
+    Each iteration takes one batch from every collector and yields them stacked, ``[S, T]`` (seed
+    first, time last), which is what :func:`~torchrl_opt.pipeline.phases.finetune` expects of a
+    seed-batched run. Seed ``i``'s transitions are exactly those its own collector produces.
+    """
+
+    def __init__(self, collectors: Sequence[Collector]) -> None:
+        if not collectors:
+            raise ValueError("SeedCollectors needs at least one collector")
+        self.collectors = list(collectors)
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        iterators = [iter(collector) for collector in self.collectors]
+        while True:
+            try:
+                batches = [next(iterator) for iterator in iterators]
+            except StopIteration:
+                return
+            yield torch.stack(batches)
+
+    def shutdown(self) -> None:
+        for collector in self.collectors:
+            collector.shutdown()
+
+
+class SeedGroup:
+    """The state of a seed-batched run; methods are the phase transitions. Use :func:`run_seeds`.
+
+    ``members[i]`` is a :class:`~torchrl_opt.pipeline.run.RunContext` of seed ``seeds[i]`` (its agent,
+    generator, environments, evaluation, logger and output directory); the group builds the
+    seed-batched update steps on the members' losses and drives the phase loops of
+    :mod:`torchrl_opt.pipeline.phases` with them.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        validate(cfg)
+        if cfg.seeds is None:
+            raise ConfigError("a seed-batched run needs seeds=[...]")
+        if cfg.backbone.name not in SEED_BATCHED_BACKBONES:
+            raise ConfigError(
+                f"seeds={list(cfg.seeds)} with backbone.name={cfg.backbone.name!r}: seed batching "
+                f"supports the backbones {SEED_BATCHED_BACKBONES} (SPOT's VAE penalty is not "
+                "batched yet); run SPOT one seed per process with -m seed=..."
+            )
+        self.cfg = cfg
+        self.seeds = list(cfg.seeds)
+        self.device = resolve_device(cfg.device)
+        self.acceleration = dataclasses.replace(cfg.acceleration, functional=True)
+        experiment = cfg.logging.experiment or _group_experiment_name(cfg)
+        self.run_dir = Path(cfg.run_dir or Path(cfg.logging.dir) / experiment)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        prepared = prepare_data(cfg, self.device)
+        self.members = [
+            RunContext(self._member_config(seed, experiment), prepared) for seed in self.seeds
+        ]
+        self.data = prepared.data
+        self.generators = [member.generator for member in self.members]
+        self.logger = SeedGroupLogger(
+            [member.logger for member in self.members], self.seeds, progress=cfg.logging.progress
+        )
+        self.fingerprint = {
+            "seeds": self.seeds,
+            "members": [member.fingerprint for member in self.members],
+        }
+        self.wall_clock: dict[str, float] = {}
+        self.updates_done: dict[str, int] = {}
+        #: ``B_on`` of every seed, ``[S, n_tau]``.
+        self.online_data: TensorDictBase | None = None
+        self.finetune_stack: SeedStack | None = None
+
+    def _member_config(self, seed: int, experiment: str) -> RunConfig:
+        cfg = self.cfg
+        offline = dataclasses.replace(cfg.offline, checkpoint=offline_checkpoint_path(cfg, seed))
+        return dataclasses.replace(
+            cfg,
+            seed=seed,
+            seeds=None,
+            run_dir=str(self.run_dir / f"seed{seed}"),
+            offline=offline,
+            logging=dataclasses.replace(
+                cfg.logging, progress=False, experiment=f"{experiment}-seed{seed}"
+            ),
+            acceleration=self.acceleration,
+        )
+
+    @property
+    def agents(self) -> list:
+        return [member.agent for member in self.members]
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, step: int) -> dict[str, torch.Tensor]:
+        """Every seed's evaluation (its own env and episodes), as ``[S]`` float64 tensors."""
+        results = [member.evaluate(step) for member in self.members]
+        return {
+            key: torch.tensor([result[key] for result in results], dtype=torch.float64)
+            for key in results[0]
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, phase: str, step: int, updates: list[UpdateSpec], **extra: Any) -> None:
+        state = {
+            "fingerprint": self.fingerprint,
+            "phase": phase,
+            "step": step,
+            "members": [agent.state_dict() for agent in self.agents],
+            "optimizers": {spec.name: spec.optimizer.state_dict() for spec in updates},
+            "rng": rng_state(*self.generators),
+            "histories": [
+                {k: list(v) for k, v in member.logger.history.items()} for member in self.members
+            ],
+            "wall_clock": dict(self.wall_clock),
+            "updates_done": dict(self.updates_done),
+            **extra,
+        }
+        if self.online_data is not None:
+            state["online_data"] = _tensordict_state(self.online_data)
+        save_checkpoint(self.checkpoint_path, state)
+
+    def load(self) -> dict | None:
+        """The group's checkpoint when resuming (``None`` for a fresh start), checked against the
+        configuration; every seed's history (and CSV files) is reset to the checkpoint's. Nothing on
+        disk is modified before the checkpoint has loaded and matched."""
+        if not (self.cfg.checkpoint.resume and self.checkpoint_path.exists()):
+            for member in self.members:
+                member.logger.restore_history({})
+            return None
+        hint = (
+            " Set checkpoint.resume=false (or use another run_dir) to start this group afresh; "
+            "the files in the run directory were left untouched."
+        )
+        try:
+            state = load_checkpoint(self.checkpoint_path, map_location="cpu")
+            check_fingerprint(state, self.fingerprint, self.checkpoint_path)
+            missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+            if missing or state["phase"] not in PHASES:
+                raise CheckpointError(
+                    f"Checkpoint {self.checkpoint_path} lacks entries {missing} or has an unknown "
+                    f"phase {state.get('phase')!r}"
+                )
+            if len(state["members"]) != len(self.members):
+                raise CheckpointError(
+                    f"Checkpoint {self.checkpoint_path} holds {len(state['members'])} seeds, the "
+                    f"group has {len(self.members)}"
+                )
+        except CheckpointError as err:
+            raise type(err)(f"{err}.{hint}") from err
+        for member, history in zip(self.members, state["histories"]):
+            member.logger.restore_history(history)
+        self.wall_clock.update(state["wall_clock"])
+        self.updates_done.update(state["updates_done"])
+        if "online_data" in state:
+            self.online_data = _tensordict_from_state(state["online_data"], self.device)
+        return state
+
+    def restore(self, state: dict, updates: list[UpdateSpec]) -> None:
+        """Load every seed's agent, the batched optimisers and all RNGs."""
+        for agent, agent_state in zip(self.agents, state["members"]):
+            agent.load_state_dict(agent_state)
+        for spec in updates:
+            spec.optimizer.load_state_dict(state["optimizers"][spec.name])
+        set_rng_state(state["rng"], *self.generators)
+
+    def _save_phase_end(self, phase: str, steps: int, updates: list[UpdateSpec]) -> None:
+        every = self.cfg.checkpoint.every
+        if every == 0 or steps % every != 0:
+            self.save(phase, steps, updates)
+
+    def _timed(self, phase: str, start: float) -> None:
+        self.wall_clock[phase] = self.wall_clock.get(phase, 0.0) + time.perf_counter() - start
+
+    # ------------------------------------------------------------------ phases
+    def offline_phase(self, state: dict | None) -> None:
+        cfg = self.cfg
+        if cfg.offline.checkpoint:
+            for member in self.members:  # each seed's path ({seed} substituted)
+                member._load_offline_checkpoint(member.cfg.offline.checkpoint)
+            return
+        if state is not None and PHASES.index(state["phase"]) > PHASES.index("offline"):
+            return  # the agents' state comes with the later phase's checkpoint
+        stack = SeedStack.of([agent.offline_loss for agent in self.agents])
+        updates = self.agents[0].offline_updates(stack)
+        start = 0
+        if state is not None and state["phase"] == "offline":
+            self.restore(state, updates)
+            start = state["step"]
+        t0 = time.perf_counter()
+        train_offline(
+            self.agents[0], updates, self.data, cfg.offline.steps, cfg.offline.batch_size,
+            generator=self.generators, logger=self.logger, evaluate=self.evaluate,
+            log_every=cfg.logging.log_every, eval_every=cfg.offline.eval_every, start=start,
+            on_checkpoint=lambda step: self.save("offline", step, updates),
+            checkpoint_every=cfg.checkpoint.every,
+        )
+        self._timed("offline", t0)
+        self.updates_done["offline"] = cfg.offline.steps
+        self._save_phase_end("offline", cfg.offline.steps, updates)
+        for member in self.members:
+            member._save_offline_checkpoint()
+
+    def online_phases(self, state: dict | None) -> None:
+        cfg = self.cfg
+        kappa = self.members[0].initial_kappa()  # one schedule: a function of the env step
+        for member in self.members:
+            member.build_finetune_loss(kappa)
+        self.finetune_stack = SeedStack.of([agent.finetune_loss for agent in self.agents])
+        phase = state["phase"] if state is not None else "pretrain"
+        if phase in ("vae", "offline"):
+            state, phase = None, "pretrain"
+        if phase == "pretrain":
+            pretraining = cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0
+            pretrain = (
+                self.agents[0].pretrain_update(cfg.online_pretrain, self.finetune_stack)
+                if pretraining
+                else None
+            )
+            if self.online_data is None and cfg.online_pretrain.n_tau > 0:
+                self._collect_online()
+                if pretrain is not None:
+                    self.save("pretrain", 0, [pretrain])
+            if pretrain is not None:
+                start = 0
+                if state is not None:
+                    self.restore(state, [pretrain])
+                    start = state["step"]
+                t0 = time.perf_counter()
+                pretrain_online(
+                    pretrain.step, self.data, self.online_data, cfg.online_pretrain.steps,
+                    cfg.online_pretrain.batch_size, generator=self.generators, logger=self.logger,
+                    log_every=cfg.logging.log_every, start=start,
+                    on_checkpoint=lambda step: self.save("pretrain", step, [pretrain]),
+                    checkpoint_every=cfg.checkpoint.every,
+                )
+                self._timed("pretrain", t0)
+                self.updates_done["pretrain"] = cfg.online_pretrain.steps
+                self._save_phase_end("pretrain", cfg.online_pretrain.steps, [pretrain])
+            state = None
+        self.finetune_phase(state, kappa)
+
+    def _collect_online(self) -> None:
+        """``n_tau`` steps of each seed's frozen offline policy in its own env (seed ``s + 1``)."""
+        cfg = self.cfg
+        n_tau = cfg.online_pretrain.n_tau
+        t0 = time.perf_counter()
+        self.logger.start_phase("collect B_on", n_tau * len(self.members))
+        chunks = []
+        for member in self.members:
+            env = member.make_env(seed=member.cfg.seed + 1)
+            chunks.append(
+                collect_online(env, member.agent.policy, n_tau, device=self.device)
+            )
+            env.close()
+            self.logger.advance(n_tau)
+        self.logger.close_phase()
+        self.online_data = torch.stack(chunks)
+        self.wall_clock["collect"] = time.perf_counter() - t0
+
+    def finetune_phase(self, state: dict | None, kappa: KappaSchedule | None) -> None:
+        cfg = self.cfg
+        ft = cfg.finetune
+        agents = self.agents
+        updates = agents[0].finetune_updates(self.finetune_stack)
+        replay = make_seed_batched_replay(
+            ft.replay, self.data, len(self.members), cfg.online_pretrain.n_tau + ft.env_steps,
+            ft.batch_size, device=self.device, seeds=self.seeds, check_priorities=False,
+        )
+        if self.online_data is not None:
+            replay.extend(self.online_data)
+        density = None
+        if ft.replay == "balanced":
+            density = SeedBatchedDensityUpdater(
+                [member.make_density_estimator() for member in self.members],
+                ft.density_lr, ft.batch_size, self.device, self.acceleration,
+            )
+        if kappa is not None:
+            # the updates read the template's buffer; the others keep each seed's state complete
+            for agent in agents:
+                kappa.attach(agent.finetune_loss.kappa)
+        envs = [member.make_env(seed=member.cfg.seed + 2) for member in self.members]
+        if state is not None:
+            for env, snapshot in zip(envs, state["env"]):
+                env_restore_on_next_reset(env, snapshot)
+        collector = SeedCollectors(
+            [
+                Collector(
+                    env,
+                    agent.exploration_policy(),
+                    frames_per_batch=1,
+                    total_frames=-1,
+                    policy_device=self.device,
+                    storing_device=self.device,
+                    exploration_type=ExplorationType.RANDOM,
+                    auto_register_policy_transforms=False,
+                )
+                for env, agent in zip(envs, agents)
+            ]
+        )
+        start, update_count = 0, 0
+        if state is not None:
+            # after the collectors exist: their construction may draw random numbers
+            self.restore(state, updates)
+            replay.load_state_dict(state["replay"])
+            if kappa is not None:
+                kappa.load_state_dict(state["kappa"])
+                kappa.write()
+            if density is not None:
+                density.load_state_dict(state["density"])
+            start, update_count = state["step"], state["update_count"]
+
+        def on_checkpoint(step: int, n_updates: int) -> None:
+            extra = {
+                "update_count": n_updates,
+                "replay": replay.state_dict(),
+                "env": [env_snapshot(env) for env in envs],
+            }
+            if kappa is not None:
+                extra["kappa"] = kappa.state_dict()
+            if density is not None:
+                extra["density"] = density.state_dict()
+            self.save("finetune", step, updates, **extra)
+
+        t0 = time.perf_counter()
+        done = finetune(
+            agents[0], updates, replay, collector, ft.env_steps, ft.utd,
+            kappa=kappa, density=density, logger=self.logger, evaluate=self.evaluate,
+            log_every=cfg.logging.log_every, eval_every=cfg.eval.every, start=start,
+            update_count=update_count, on_checkpoint=on_checkpoint,
+            checkpoint_every=cfg.checkpoint.every,
+        )
+        collector.shutdown()
+        self._timed("finetune", t0)
+        self.updates_done["finetune"] = done
+
+    # ------------------------------------------------------------------ summaries
+    def write_summaries(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Every seed's ``summary.json`` (its own scores; the group's wall-clock) and the group's."""
+        summaries = []
+        for member in self.members:
+            member.wall_clock = dict(self.wall_clock)
+            member.updates_done = dict(self.updates_done)
+            summary = member.summary()
+            summary["seed_group"] = {"seeds": self.seeds, "run_dir": str(self.run_dir)}
+            _write_json_atomic(member.run_dir / "summary.json", summary)
+            summaries.append(summary)
+        group = self._group_summary(summaries)
+        _write_json_atomic(self.run_dir / "summary.json", group)
+        return group, summaries
+
+    def _group_summary(self, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "config": dataclasses.asdict(self.cfg),
+            "env_id": self.members[0].env_id,
+            "device": str(self.device),
+            "seeds": self.seeds,
+            "per_seed": {
+                str(seed): {
+                    "run_dir": str(member.run_dir),
+                    **{
+                        key: summary[key]
+                        for key in (
+                            "final_normalized_score",
+                            "best_normalized_score",
+                            "offline_normalized_score",
+                        )
+                    },
+                }
+                for seed, member, summary in zip(self.seeds, self.members, summaries)
+            },
+        }
+        for key in ("final_normalized_score", "best_normalized_score", "offline_normalized_score"):
+            mean, std = _mean_std([summary[key] for summary in summaries])
+            out[key], out[f"{key}_std"] = mean, std
+        out["wall_clock_s"] = dict(self.wall_clock)
+        out["updates"] = dict(self.updates_done)
+        out["updates_per_s"] = {
+            phase: self.updates_done[phase] / seconds
+            for phase, seconds in self.wall_clock.items()
+            if phase in self.updates_done and seconds > 0
+        }
+        out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return out
+
+    def results(self, summaries: list[dict[str, Any]]) -> list[RunResult]:
+        return [
+            RunResult(member.run_dir, summary, dict(member.logger.history), member.agent)
+            for member, summary in zip(self.members, summaries)
+        ]
+
+    def restore_finished(self, state: dict) -> SeedGroupResult:
+        """Load the final agents of a finished group and return its summaries."""
+        paths = [self.run_dir / "summary.json", *(m.run_dir / "summary.json" for m in self.members)]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{self.checkpoint_path} marks the group finished but {missing} are missing"
+            )
+        kappa = self.members[0].initial_kappa()
+        for member, agent_state in zip(self.members, state["members"]):
+            member.build_finetune_loss(kappa)
+            member.agent.load_state_dict(agent_state)
+        summaries = [json.loads((m.run_dir / "summary.json").read_text()) for m in self.members]
+        group = json.loads((self.run_dir / "summary.json").read_text())
+        return SeedGroupResult(self.run_dir, group, self.results(summaries))
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and (population) standard deviation over seeds; ``None`` when a seed has no value."""
+    if not values or any(v is None for v in values):
+        return None, None
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _group_experiment_name(cfg: RunConfig) -> str:
+    method = "opt" if cfg.finetune.use_q_on else "baseline"
+    return (
+        f"{cfg.dataset.task}-{cfg.dataset.kind}-{cfg.backbone.name}-{method}-"
+        f"{seeds_label(cfg.seeds)}"
+    )
+
+
+def run_seeds(cfg: RunConfig) -> SeedGroupResult:
+    """Run the seeds ``cfg.seeds`` of ``cfg`` together (see the module docstring); resumable."""
+    group = SeedGroup(cfg)
+    state = group.load()
+    if state is not None and state["phase"] == "done":
+        return group.restore_finished(state)
+    group.offline_phase(state)
+    if state is not None and state["phase"] in ("vae", "offline"):
+        state = None
+    group.online_phases(state)
+    summary, summaries = group.write_summaries()
+    group.save("done", 0, [])
+    group.logger.close_phase()
+    return SeedGroupResult(group.run_dir, summary, group.results(summaries))
