@@ -158,7 +158,7 @@ def test_group_writes_each_seed_like_a_single_run_and_aggregates(group_root):
 def test_finished_group_is_not_rerun(group_root, monkeypatch):
     group = reference_group("td3", group_root)
     before = _tree_digest(group.run_dir)
-    monkeypatch.setattr(seedsmod, "train_offline", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(runmod, "train_offline", lambda *a, **k: pytest.fail("retrained"))
     again = runmod.run(group_cfg(group.run_dir))
     assert again.summary == json.loads(json.dumps(group.summary, default=str))
     for a, b in zip(again.results, group.results):
@@ -179,7 +179,7 @@ def test_offline_checkpoint_template_loads_each_seeds_own(group_root, tmp_path, 
         return original(self, path)
 
     monkeypatch.setattr(runmod.RunContext, "_load_offline_checkpoint", load)
-    monkeypatch.setattr(seedsmod, "train_offline", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(runmod, "train_offline", lambda *a, **k: pytest.fail("retrained"))
     out = runmod.run(cfg)
     assert loaded == [str(group.run_dir / f"seed{s}" / "offline.pt") for s in SEEDS]
     assert not any(k.startswith("offline") for k in out.results[0].history)
@@ -196,15 +196,16 @@ class _Kill(Exception):
 
 
 @pytest.mark.parametrize(
-    "phase,step",
-    [("offline", CHECKPOINT_EVERY), ("pretrain", 0), ("pretrain", CHECKPOINT_EVERY),
-     ("finetune", 2 * CHECKPOINT_EVERY)],
+    "backbone,phase,step",
+    [("td3", "offline", CHECKPOINT_EVERY), ("td3", "pretrain", 0),
+     ("td3", "pretrain", CHECKPOINT_EVERY), ("td3", "finetune", 2 * CHECKPOINT_EVERY),
+     ("spot", "vae", CHECKPOINT_EVERY), ("spot", "finetune", CHECKPOINT_EVERY)],
 )
-def test_killed_group_resumes_exactly(phase, step, group_root, tmp_path, monkeypatch):
+def test_killed_group_resumes_exactly(backbone, phase, step, group_root, tmp_path, monkeypatch):
     """Kill right after a group checkpoint, rerun: every seed's metrics and networks are exactly
     those of the uninterrupted group (noise on: the shared RNG is restored too)."""
-    reference = reference_group("td3", group_root)
-    cfg = group_cfg(tmp_path / "run")
+    reference = reference_group(backbone, group_root, backbone=backbone)
+    cfg = group_cfg(tmp_path / "run", backbone)
     original = seedsmod.SeedGroup.save
 
     def save(self, ph, st, updates, **extra):
@@ -253,16 +254,12 @@ def test_resuming_with_other_seeds_is_refused(group_root, tmp_path, monkeypatch)
         ({"seeds": [1, 1]}, "twice"),
         ({"seeds": [0, -2]}, ">= 0"),
         ({"system": "rlpd"}, "system='rlpd'"),
-        ({"backbone": "spot"}, "spot"),
     ],
 )
 def test_bad_seed_configurations_are_named(change, message, tmp_path):
     cfg = group_cfg(tmp_path / "bad")
     for key, value in change.items():
-        if key == "backbone":
-            cfg.backbone.name = value
-        else:
-            setattr(cfg, key, value)
+        setattr(cfg, key, value)
     with pytest.raises(ConfigError, match=message):
         runmod.run(cfg)
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
@@ -371,3 +368,44 @@ def test_seed_batched_density_step_equals_per_seed_updaters():
     for estimator, single in zip(estimators, singles):
         for a, b in zip(estimator.parameters(), single.estimator.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_seed_batched_spot_actor_step_reads_each_seeds_own_vae():
+    """SPOT's actor penalty holds a VAE per seed, outside the loss's parameter groups: the
+    seed-batched actor step must evaluate seed i's penalty with seed i's VAE (same noise for all
+    seeds here, so each seed equals its own single step)."""
+    from torchrl_opt.pipeline.agents import _method
+    from torchrl_opt.pipeline.functional import SeedBatchedStep, SeedStack, make_functional_step
+
+    def agent(seed):
+        torch.manual_seed(seed)
+        a = make_agent(BackboneConfig(name="spot", hidden=[16], vae_hidden=[16]), 4, _spec(), "cpu")
+        a.build_finetune_loss(use_q_on=True, kappa=0.5, init_seed=seed)
+        return a
+
+    def actor_step(loss):
+        return make_functional_step(loss, ("actor_network_params",),
+                                    _method(loss.actor_loss, "loss_actor"), ("loss_actor",), 1e-2)
+
+    seeds = [0, 1, 2]
+    singles = [agent(s) for s in seeds]
+    single_steps = [actor_step(a.finetune_loss) for a in singles]
+    batched_agents = [agent(s) for s in seeds]
+    losses = [a.finetune_loss for a in batched_agents]
+    stack = SeedStack.of(losses)
+    assert list(stack.modules) == ["actor_penalty"]
+    step = SeedBatchedStep(stack, actor_step(losses[0]), randomness="same")
+    batch = torch.stack([transition_batch(16, 4, 2, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    for _ in range(2):
+        torch.manual_seed(7)
+        out = step(batch)
+        for i in range(3):
+            torch.manual_seed(7)
+            expected = single_steps[i](batch[i])
+            torch.testing.assert_close(out["loss_actor"][i], expected["loss_actor"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out["actor_penalty"][i], expected["actor_penalty"], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out["actor_penalty"][0], out["actor_penalty"][1])
+    for single, grouped in zip(singles, batched_agents):
+        torch.testing.assert_close(grouped.actor.state_dict(), single.actor.state_dict(), rtol=1e-5, atol=1e-6)
+        # each seed's VAE is untouched and its own (views of the stack)
+        torch.testing.assert_close(grouped.vae.state_dict(), single.vae.state_dict(), rtol=0, atol=0)

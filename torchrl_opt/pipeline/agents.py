@@ -220,14 +220,20 @@ class Agent(nn.Module):
         return loss
 
     # ------------------------------------------------------------------ update steps
-    def vae_update(self) -> UpdateSpec:
-        """SPOT's VAE step (``recon + beta * KL``, Adam ``vae_lr``)."""
+    def make_vae_loss(self) -> SPOTVAELoss:
+        """SPOT's VAE loss (``recon + beta * KL``) over this agent's VAE."""
         if self.vae is None:
             raise RuntimeError("Only the spot backbone has a VAE")
-        loss = SPOTVAELoss(self.vae, beta=self.cfg.vae_beta).to(self.device)
+        return SPOTVAELoss(self.vae, beta=self.cfg.vae_beta).to(self.device)
+
+    def vae_update(self, seed_stack: SeedStack | None = None) -> UpdateSpec:
+        """SPOT's VAE step (``recon + beta * KL``, Adam ``vae_lr``); with ``seed_stack`` (of the
+        seeds' :meth:`make_vae_loss`, this agent's first) every seed's VAE in one step."""
+        loss = seed_stack.template if seed_stack is not None else self.make_vae_loss()
         return make_update_spec(
             "vae", loss, ("loss_vae",), list(self.vae.parameters()), self.cfg.vae_lr,
-            device=self.device, acceleration=self.acceleration,
+            device=self.device, acceleration=self.acceleration, loss_module=loss,
+            param_names=("vae_network_params",), seed_stack=seed_stack,
         )
 
     def offline_updates(self, seed_stack: SeedStack | None = None) -> list[UpdateSpec]:

@@ -43,7 +43,7 @@ writing ``loss.kappa`` in place drives every seed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -66,6 +66,7 @@ __all__ = [
     "SeedBatchedStep",
     "SeedStack",
     "make_functional_step",
+    "stack_module_states",
     "stack_seeds",
     "target_update_pairs",
 ]
@@ -541,16 +542,25 @@ def make_functional_step(
 
 
 # --------------------------------------------------------------------------- seed batching
-def stack_seeds(losses: Sequence[LossModule]) -> TensorDict:
-    """Stack the parameter groups of ``S`` copies of one loss along a new leading seed dimension.
+def _stack_and_repoint(per_seed: Sequence[TensorDictBase], what: str) -> TensorDictBase:
+    """Stack ``per_seed`` (same keys and shapes) into new storage ``[S, ...]`` and re-point every
+    seed's leaves (``.data``) at their slice of it."""
+    keys = list(per_seed[0].keys(True, True))
+    for td in per_seed[1:]:
+        if list(td.keys(True, True)) != keys:
+            raise FunctionalStepError(f"{what} has different keys across seeds")
+        for key in keys:
+            if td.get(key).shape != per_seed[0].get(key).shape:
+                raise FunctionalStepError(f"{what} leaf {key} has different shapes across seeds")
+    with torch.no_grad():
+        stacked = torch.stack([td.detach() for td in per_seed], 0).contiguous()
+        for i, td in enumerate(per_seed):
+            for key in keys:
+                td.get(key).data = stacked.get(key)[i]
+    return stacked
 
-    Returns a TensorDict of batch size ``[S]`` keyed by group name (every ``TensorDictParams`` child
-    of the losses: trained groups, targets, frozen groups). Each loss's leaves are then re-pointed
-    (``.data``) at their slice of the stacked storage, so updates written into the stack are seen by
-    every per-seed module, and the per-seed modules keep working on their own.
 
-    Raises :class:`FunctionalStepError` when the losses differ in type, groups, keys or shapes.
-    """
+def _check_same_loss(losses: Sequence[LossModule]) -> None:
     if len(losses) < 1:
         raise FunctionalStepError("stack_seeds needs at least one loss")
     first = losses[0]
@@ -563,26 +573,68 @@ def stack_seeds(losses: Sequence[LossModule]) -> TensorDict:
         other = [k for k, m in loss._modules.items() if isinstance(m, TensorDictParams)]
         if other != names:
             raise FunctionalStepError(f"losses have different parameter groups: {names} vs {other}")
-    groups = {}
-    for name in names:
-        per_seed = [plain_params(getattr(loss, name)) for loss in losses]
-        keys = list(per_seed[0].keys(True, True))
-        for td in per_seed[1:]:
-            if list(td.keys(True, True)) != keys:
-                raise FunctionalStepError(f"group {name!r} has different keys across seeds")
-            for key in keys:
-                if td.get(key).shape != per_seed[0].get(key).shape:
-                    raise FunctionalStepError(
-                        f"group {name!r} leaf {key} has different shapes across seeds"
-                    )
-        with torch.no_grad():
-            stacked = torch.stack([td.detach() for td in per_seed], 0).contiguous()
-        groups[name] = stacked
-        with torch.no_grad():
-            for i, td in enumerate(per_seed):
-                for key in keys:
-                    td.get(key).data = stacked.get(key)[i]
+
+
+def stack_seeds(losses: Sequence[LossModule]) -> TensorDict:
+    """Stack the parameter groups of ``S`` copies of one loss along a new leading seed dimension.
+
+    Returns a TensorDict of batch size ``[S]`` keyed by group name (every ``TensorDictParams`` child
+    of the losses: trained groups, targets, frozen groups). Each loss's leaves are then re-pointed
+    (``.data``) at their slice of the stacked storage, so updates written into the stack are seen by
+    every per-seed module, and the per-seed modules keep working on their own.
+
+    Raises :class:`FunctionalStepError` when the losses differ in type, groups, keys or shapes.
+    """
+    _check_same_loss(losses)
+    names = [k for k, m in losses[0]._modules.items() if isinstance(m, TensorDictParams)]
+    groups = {
+        name: _stack_and_repoint(
+            [plain_params(getattr(loss, name)) for loss in losses], f"group {name!r}"
+        )
+        for name in names
+    }
     return TensorDict(groups, batch_size=[len(losses)])
+
+
+def stack_module_states(losses: Sequence[LossModule]) -> dict[str, TensorDictBase]:
+    """Stack the state of the losses' other sub-modules that hold parameters, per seed.
+
+    A loss can read networks that are not one of its parameter groups: SPOT's actor penalty
+    (``actor_penalty``) holds the seed's frozen behaviour VAE. For every direct child module that
+    is not a ``TensorDictParams`` group and owns ``nn.Parameter`` s, the parameters and buffers of
+    all seeds (``TensorDict.from_module``) are stacked ``[S, ...]`` and re-pointed like
+    :func:`stack_seeds`' groups; :class:`SeedBatchedStep` installs seed ``i``'s slice into the template
+    loss's module while the seed's update runs. Returns ``{child name: stacked state}`` (empty for
+    losses without such children).
+    """
+    _check_same_loss(losses)
+    names = [
+        name
+        for name, module in losses[0]._modules.items()
+        if not isinstance(module, TensorDictParams)
+        and module is not None
+        and any(True for _ in module.parameters())
+    ]
+    return {
+        name: _stack_and_repoint(
+            [TensorDict.from_module(getattr(loss, name)) for loss in losses], f"module {name!r}"
+        )
+        for name in names
+    }
+
+
+def _with_modules(template: nn.Module, states: dict[str, TensorDictBase], fn: Callable[[], Any]):
+    """``fn()`` with ``template.<name>`` reading ``states[name]`` (nested contexts, compilable)."""
+    items = list(states.items())
+
+    def run(i: int):
+        if i == len(items):
+            return fn()
+        name, state = items[i]
+        with state.to_module(getattr(template, name), preserve_module_state=False):
+            return run(i + 1)
+
+    return run(0)
 
 
 @dataclass
@@ -599,12 +651,14 @@ class SeedStack:
     losses: list[LossModule]
     #: every parameter group of every seed, batch size ``[S]`` (see :func:`stack_seeds`).
     groups: TensorDict
+    #: the other per-seed sub-modules' states (see :func:`stack_module_states`).
+    modules: dict[str, TensorDictBase] = field(default_factory=dict)
 
     @classmethod
     def of(cls, losses: Sequence[LossModule]) -> SeedStack:
-        """Stack ``losses`` (see :func:`stack_seeds`)."""
+        """Stack ``losses`` (see :func:`stack_seeds` and :func:`stack_module_states`)."""
         losses = list(losses)
-        return cls(losses, stack_seeds(losses))
+        return cls(losses, stack_seeds(losses), stack_module_states(losses))
 
     @property
     def num_seeds(self) -> int:
@@ -668,8 +722,12 @@ class SeedBatchedStep:
             step_shape=(self.num_seeds,),
         )
 
-    def _one_seed(self, groups, adam_state, batch):
-        return self.step.pure(groups, adam_state, batch, install=groups)
+    def _one_seed(self, groups, modules, adam_state, batch):
+        return _with_modules(
+            self.stack.template,
+            modules,
+            lambda: self.step.pure(groups, adam_state, batch, install=groups),
+        )
 
     def __call__(self, batch: TensorDictBase) -> TensorDictBase:
         if batch.batch_size[:1] != torch.Size([self.num_seeds]):
@@ -679,8 +737,8 @@ class SeedBatchedStep:
             )
         with torch.no_grad():
             new_theta, new_state, new_targets, metrics = torch.vmap(
-                self._one_seed, in_dims=(0, 0, 0), randomness=self.randomness
-            )(self.groups, self.optimizer.state, batch)
+                self._one_seed, in_dims=(0, 0, 0, 0), randomness=self.randomness
+            )(self.groups, self.stack.modules, self.optimizer.state, batch)
             _write_back(
                 [self.params, self.optimizer.state, self.groups],
                 [new_theta, new_state, new_targets],

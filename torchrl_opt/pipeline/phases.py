@@ -273,6 +273,14 @@ class DensityRatioUpdater:
         replay.update_priority(sample["index"], priority)
         return loss.detach()
 
+    def state_dict(self) -> dict:
+        """The estimator's and its optimiser's state (what a checkpoint stores)."""
+        return {"estimator": self.estimator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.estimator.load_state_dict(state["estimator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
 
 def finetune(
     agent: Agent,

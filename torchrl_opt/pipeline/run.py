@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -519,8 +520,8 @@ class RunContext:
             spec.optimizer.load_state_dict(state["optimizers"][spec.name])
         set_rng_state(state["rng"], self.generator)
 
-    def restore_finished(self, state: dict) -> None:
-        """Load the final agent of a finished run (its fine-tuning loss included)."""
+    def restore_finished(self, state: dict) -> RunResult:
+        """Load the final agent of a finished run (its fine-tuning loss included); its result."""
         if not (self.run_dir / "summary.json").is_file():
             raise CheckpointError(
                 f"{self.checkpoint_path} marks the run finished but {self.run_dir / 'summary.json'} "
@@ -528,6 +529,16 @@ class RunContext:
             )
         self.build_finetune_loss(self.initial_kappa())
         self.agent.load_state_dict(state["agent"])
+        summary = json.loads((self.run_dir / "summary.json").read_text())
+        return RunResult(self.run_dir, summary, dict(self.logger.history), self.agent)
+
+    def finish(self) -> RunResult:
+        """Write ``summary.json``, mark the run done in its checkpoint; the run's result."""
+        summary = self.summary()
+        _write_json_atomic(self.run_dir / "summary.json", summary)
+        self.save("done", 0, [])
+        self.logger.close_phase()
+        return RunResult(self.run_dir, summary, dict(self.logger.history), self.agent)
 
     def _checkpoint_every(self) -> int:
         return self.cfg.checkpoint.every
@@ -542,13 +553,13 @@ class RunContext:
     def offline_phase(self, state: dict | None) -> None:
         cfg = self.cfg
         if cfg.offline.checkpoint:
-            self._load_offline_checkpoint(offline_checkpoint_path(cfg, cfg.seed))
+            self.load_offline_phase()
             return
         if state is not None and PHASES.index(state["phase"]) > PHASES.index("offline"):
             return  # the agent's state comes with the later phase's checkpoint
         start_phase = state["phase"] if state is not None else "vae"
         if self.agent.vae is not None and start_phase == "vae":
-            vae = self.agent.vae_update()
+            vae = self.vae_update_spec()
             start = 0
             if state is not None:
                 self.restore(state, [vae])
@@ -556,15 +567,16 @@ class RunContext:
             t0 = time.perf_counter()
             train_vae(
                 vae.step, self.data, cfg.backbone.vae_steps, cfg.offline.batch_size,
-                generator=self.generator, logger=self.logger, log_every=cfg.logging.log_every,
-                start=start, on_checkpoint=lambda step: self.save("vae", step, [vae]),
+                generator=self.batch_generator, logger=self.logger,
+                log_every=cfg.logging.log_every, start=start,
+                on_checkpoint=lambda step: self.save("vae", step, [vae]),
                 checkpoint_every=self._checkpoint_every(),
             )
             self.wall_clock["vae"] = self.wall_clock.get("vae", 0.0) + time.perf_counter() - t0
             self.updates_done["vae"] = cfg.backbone.vae_steps
             self._save_phase_end("vae", cfg.backbone.vae_steps, [vae])
             state = None
-        updates = self.agent.offline_updates()
+        updates = self.offline_update_specs()
         start = 0
         if state is not None and state["phase"] == "offline":
             self.restore(state, updates)
@@ -572,7 +584,7 @@ class RunContext:
         t0 = time.perf_counter()
         train_offline(
             self.agent, updates, self.data, cfg.offline.steps, cfg.offline.batch_size,
-            generator=self.generator, logger=self.logger, evaluate=self.evaluate,
+            generator=self.batch_generator, logger=self.logger, evaluate=self.evaluate,
             log_every=cfg.logging.log_every, eval_every=cfg.offline.eval_every, start=start,
             on_checkpoint=lambda step: self.save("offline", step, updates),
             checkpoint_every=self._checkpoint_every(),
@@ -580,7 +592,90 @@ class RunContext:
         self.wall_clock["offline"] = self.wall_clock.get("offline", 0.0) + time.perf_counter() - t0
         self.updates_done["offline"] = cfg.offline.steps
         self._save_phase_end("offline", cfg.offline.steps, updates)
+        self.save_offline_phase()
+
+    # ------------------------------------------------------------------ what the phases build
+    # One run builds these for its agent; a seed-batched run (pipeline.seeds.SeedGroup) overrides
+    # them to build the same things for all its seeds at once.
+    @property
+    def batch_generator(self) -> torch.Generator | list[torch.Generator]:
+        """The generator(s) of uniform offline / pre-training batches (see ``sample_uniform``)."""
+        return self.generator
+
+    def load_offline_phase(self) -> None:
+        """Load ``offline.checkpoint`` instead of training offline."""
+        self._load_offline_checkpoint(offline_checkpoint_path(self.cfg, self.cfg.seed))
+
+    def save_offline_phase(self) -> None:
+        """Write ``offline.pt`` (reusable as ``offline.checkpoint``)."""
         self._save_offline_checkpoint()
+
+    def vae_update_spec(self) -> UpdateSpec:
+        return self.agent.vae_update()
+
+    def offline_update_specs(self) -> list[UpdateSpec]:
+        return self.agent.offline_updates()
+
+    def build_finetune_losses(self, kappa: KappaSchedule | None) -> None:
+        self.build_finetune_loss(kappa)
+
+    def pretrain_update_spec(self) -> UpdateSpec:
+        return self.agent.pretrain_update(self.cfg.online_pretrain)
+
+    def finetune_update_specs(self) -> list[UpdateSpec]:
+        return self.agent.finetune_updates()
+
+    def collect_online_data(self) -> None:
+        """``B_on``: ``n_tau`` steps of the frozen offline policy (env seed ``seed + 1``)."""
+        env = self.make_env(seed=self.cfg.seed + 1)
+        t0 = time.perf_counter()
+        self.online_data = collect_online(
+            env, self.agent.policy, self.cfg.online_pretrain.n_tau, device=self.device,
+            logger=self.logger,
+        )
+        env.close()
+        self.wall_clock["collect"] = time.perf_counter() - t0
+
+    def make_finetune_replay(self):
+        """The fine-tuning replay over ``B_off`` and the online capacity of the whole run."""
+        cfg, ft = self.cfg, self.cfg.finetune
+        # check_priorities=False: validating priorities costs a host sync per update
+        return make_replay(
+            ft.replay, self.data, cfg.online_pretrain.n_tau + ft.env_steps, ft.batch_size,
+            device=self.device, seed=cfg.seed, check_priorities=False,
+        )
+
+    def make_finetune_density(self):
+        """Balanced replay's density-ratio updater (``None`` for the other strategies)."""
+        return self.make_density_updater() if self.cfg.finetune.replay == "balanced" else None
+
+    def attach_kappa(self, kappa: KappaSchedule) -> None:
+        kappa.attach(self.agent.finetune_loss.kappa)
+
+    def penalty_step(self) -> Callable[[], Any] | None:
+        """SPOT's per-env-step lambda cooling (``None`` without a steppable actor penalty)."""
+        penalty = getattr(self.agent.finetune_loss, "actor_penalty", None)
+        return penalty.step if penalty is not None and hasattr(penalty, "step") else None
+
+    def make_finetune_collector(self, state: dict | None) -> tuple[Any, Callable[[], Any]]:
+        """The fine-tuning collector (env seed ``seed + 2``, restored from ``state["env"]`` when
+        resuming) and a function returning the env snapshot a checkpoint stores."""
+        env = self.make_env(seed=self.cfg.seed + 2)
+        if state is not None:
+            env_restore_on_next_reset(env, state["env"])
+        collector = Collector(
+            env,
+            self.agent.exploration_policy(),
+            frames_per_batch=1,
+            total_frames=-1,
+            policy_device=self.device,
+            storing_device=self.device,
+            exploration_type=ExplorationType.RANDOM,
+            # the policies read no recurrent/init state: keep the env as built (TorchRL 0.15 would
+            # otherwise append an InitTracker, changing the env's keys)
+            auto_register_policy_transforms=False,
+        )
+        return collector, lambda: env_snapshot(env)
 
     def _offline_meta(self) -> dict[str, Any]:
         return json.loads(json.dumps({
@@ -668,24 +763,18 @@ class RunContext:
     def online_phases(self, state: dict | None) -> None:
         cfg = self.cfg
         kappa = self.initial_kappa()
-        self.build_finetune_loss(kappa)
+        self.build_finetune_losses(kappa)
         phase = state["phase"] if state is not None else "pretrain"
         if phase in ("vae", "offline"):
             state, phase = None, "pretrain"
         if phase == "pretrain":
+            pretraining = cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0
             if self.online_data is None and cfg.online_pretrain.n_tau > 0:
-                env = self.make_env(seed=cfg.seed + 1)
-                t0 = time.perf_counter()
-                self.online_data = collect_online(
-                    env, self.agent.policy, cfg.online_pretrain.n_tau, device=self.device,
-                    logger=self.logger,
-                )
-                env.close()
-                self.wall_clock["collect"] = time.perf_counter() - t0
-                if cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0:
-                    self.save("pretrain", 0, [self.agent.pretrain_update(cfg.online_pretrain)])
-            if cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0:
-                pretrain = self.agent.pretrain_update(cfg.online_pretrain)
+                self.collect_online_data()
+                if pretraining:
+                    self.save("pretrain", 0, [self.pretrain_update_spec()])
+            if pretraining:
+                pretrain = self.pretrain_update_spec()
                 start = 0
                 if state is not None:
                     self.restore(state, [pretrain])
@@ -693,8 +782,8 @@ class RunContext:
                 t0 = time.perf_counter()
                 pretrain_online(
                     pretrain.step, self.data, self.online_data, cfg.online_pretrain.steps,
-                    cfg.online_pretrain.batch_size, generator=self.generator, logger=self.logger,
-                    log_every=cfg.logging.log_every, start=start,
+                    cfg.online_pretrain.batch_size, generator=self.batch_generator,
+                    logger=self.logger, log_every=cfg.logging.log_every, start=start,
                     on_checkpoint=lambda step: self.save("pretrain", step, [pretrain]),
                     checkpoint_every=self._checkpoint_every(),
                 )
@@ -709,72 +798,46 @@ class RunContext:
     def finetune_phase(self, state: dict | None, kappa: KappaSchedule | None) -> None:
         cfg = self.cfg
         ft = cfg.finetune
-        agent = self.agent
-        loss = agent.finetune_loss
-        updates = agent.finetune_updates()
-        online_capacity = cfg.online_pretrain.n_tau + ft.env_steps
-        # check_priorities=False: validating priorities costs a host sync per update
-        replay = make_replay(
-            ft.replay, self.data, online_capacity, ft.batch_size, device=self.device, seed=cfg.seed,
-            check_priorities=False,
-        )
+        updates = self.finetune_update_specs()
+        replay = self.make_finetune_replay()
         if self.online_data is not None:
             replay.extend(self.online_data)
-        density = self.make_density_updater() if ft.replay == "balanced" else None
+        density = self.make_finetune_density()
         if kappa is not None:
-            kappa.attach(loss.kappa)
-        penalty = getattr(loss, "actor_penalty", None)
-        env = self.make_env(seed=cfg.seed + 2)
+            self.attach_kappa(kappa)
+        collector, env_snapshots = self.make_finetune_collector(state)
         start, update_count = 0, 0
-        if state is not None:
-            env_restore_on_next_reset(env, state["env"])
-        collector = Collector(
-            env,
-            agent.exploration_policy(),
-            frames_per_batch=1,
-            total_frames=-1,
-            policy_device=self.device,
-            storing_device=self.device,
-            exploration_type=ExplorationType.RANDOM,
-            # the policies read no recurrent/init state: keep the env as built (TorchRL 0.15 would
-            # otherwise append an InitTracker, changing the env's keys)
-            auto_register_policy_transforms=False,
-        )
         if state is not None:
             # restore after the collector exists: its construction may draw random numbers
             self.restore(state, updates)
-            # in place into the storage built above (keeps its device); the flat TensorDict
-            # state keeps its ``_metadata`` attribute, which TensorDict needs to unflatten it
+            # in place into the storage built above (keeps its device)
             replay.load_state_dict(state["replay"])
             if kappa is not None:
                 kappa.load_state_dict(state["kappa"])
                 kappa.write()
             if density is not None:
-                density.estimator.load_state_dict(state["density"])
-                density.optimizer.load_state_dict(state["density_optimizer"])
+                density.load_state_dict(state["density"])
             start, update_count = state["step"], state["update_count"]
 
         def on_checkpoint(step: int, n_updates: int) -> None:
             extra = {
                 "update_count": n_updates,
                 "replay": replay.state_dict(),
-                "env": env_snapshot(env),
+                "env": env_snapshots(),
             }
             if kappa is not None:
                 extra["kappa"] = kappa.state_dict()
             if density is not None:
-                extra["density"] = density.estimator.state_dict()
-                extra["density_optimizer"] = density.optimizer.state_dict()
+                extra["density"] = density.state_dict()
             self.save("finetune", step, updates, **extra)
 
         t0 = time.perf_counter()
         done = finetune(
-            agent, updates, replay, collector, ft.env_steps, ft.utd,
+            self.agent, updates, replay, collector, ft.env_steps, ft.utd,
             kappa=kappa, density=density, logger=self.logger, evaluate=self.evaluate,
             log_every=cfg.logging.log_every, eval_every=cfg.eval.every, start=start,
             update_count=update_count, on_checkpoint=on_checkpoint,
-            checkpoint_every=self._checkpoint_every(),
-            step_penalty=penalty.step if penalty is not None and hasattr(penalty, "step") else None,
+            checkpoint_every=self._checkpoint_every(), step_penalty=self.penalty_step(),
         )
         collector.shutdown()
         self.wall_clock["finetune"] = self.wall_clock.get("finetune", 0.0) + time.perf_counter() - t0
@@ -814,11 +877,7 @@ def run(cfg: RunConfig | Any) -> RunResult:
     :class:`~torchrl_opt.pipeline.seeds.SeedGroupResult` (see :mod:`torchrl_opt.pipeline.seeds`).
     """
     cfg = to_run_config(cfg)
-    if cfg.seeds is not None:
-        from torchrl_opt.pipeline.seeds import run_seeds
-
-        validate_seeds(cfg)
-        return run_seeds(cfg)
+    validate_seeds(cfg)
     if cfg.system != "opt":
         from torchrl_opt.pipeline.baselines import BASELINE_METHODS, run_baseline
 
@@ -827,19 +886,17 @@ def run(cfg: RunConfig | Any) -> RunResult:
                 f"system={cfg.system!r} is not one of {('opt', *BASELINE_METHODS)}"
             )
         return run_baseline(cfg, dataclasses.replace(cfg.baseline, method=cfg.system))
-    state = None
-    r = RunContext(cfg)
-    state = r.load()
+    if cfg.seeds is not None:
+        from torchrl_opt.pipeline.seeds import SeedGroup
+
+        context = SeedGroup(cfg)
+    else:
+        context = RunContext(cfg)
+    state = context.load()
     if state is not None and state["phase"] == "done":
-        r.restore_finished(state)
-        summary = json.loads((r.run_dir / "summary.json").read_text())
-        return RunResult(r.run_dir, summary, dict(r.logger.history), r.agent)
-    r.offline_phase(state)
+        return context.restore_finished(state)
+    context.offline_phase(state)
     if state is not None and state["phase"] in ("vae", "offline"):
         state = None
-    r.online_phases(state)
-    summary = r.summary()
-    _write_json_atomic(r.run_dir / "summary.json", summary)
-    r.save("done", 0, [])
-    r.logger.close_phase()
-    return RunResult(r.run_dir, summary, dict(r.logger.history), r.agent)
+    context.online_phases(state)
+    return context.finish()

@@ -23,7 +23,8 @@ functions of the environment step, and all seeds step in lockstep), and torch's 
 inside the updates (TD3's target smoothing) and by the exploration policies comes from it, for all
 seeds at once (``vmap(randomness="different")``), so seed ``s``'s noise is not the noise of its single
 run: a seed-batched run is reproducible (same ``seeds``, same results) and statistically equivalent to
-single runs, and with noise-free settings it reproduces the single runs (tested).
+single runs; without noise (TD3 with ``policy_noise`` ~ 0 and no exploration noise) it reproduces the
+single runs to float rounding (tested).
 
 ``<run_dir>/checkpoint.pt`` holds the whole group and is rewritten atomically every
 ``checkpoint.every`` steps of any phase; rerunning the same configuration resumes it, and a finished
@@ -31,8 +32,10 @@ group returns its summaries. ``<run_dir>/summary.json`` aggregates the seeds (me
 deviation of the normalised scores). Seed batching always uses the functional update steps
 (``acceleration.functional`` is implied).
 
-Not batched yet: the SPOT backbone (its VAE penalty reads one VAE per seed) and the baselines'
-seed systems (``system=rlpd|...``): they run one seed per process (``-m seed=0,1,2``).
+Every backbone is batched (TD3+BC, IQL, and SPOT, whose VAE phase is batched too and whose actor
+penalty reads each seed's own VAE, see :func:`~torchrl_opt.pipeline.functional.stack_module_states`).
+The baselines' seed systems (``system=rlpd|...``) are not: they run one seed per process
+(``-m seed=0,1,2``).
 """
 
 from __future__ import annotations
@@ -50,11 +53,9 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
-from torchrl.envs.utils import ExplorationType
 
 from torchrl_opt.data.replay import DensityRatioEstimator
 from torchrl_opt.data.seed_replay import SeedBatchedReplay, make_seed_batched_replay
-from torchrl_opt.env_state import env_restore_on_next_reset, env_snapshot
 from torchrl_opt.objectives.density import DensityRatioLoss
 from torchrl_opt.pipeline.agents import UpdateSpec
 from torchrl_opt.pipeline.checkpoint import (
@@ -68,7 +69,7 @@ from torchrl_opt.pipeline.checkpoint import (
 from torchrl_opt.pipeline.config import ConfigError, RunConfig
 from torchrl_opt.pipeline.functional import SeedBatchedStep, SeedStack, make_functional_step
 from torchrl_opt.pipeline.logging import SeedGroupLogger
-from torchrl_opt.pipeline.phases import collect_online, finetune, pretrain_online, train_offline
+from torchrl_opt.pipeline.phases import collect_online
 from torchrl_opt.pipeline.run import (
     PHASES,
     RunContext,
@@ -92,8 +93,6 @@ __all__ = [
     "run_seeds",
 ]
 
-#: backbones whose every update can be seed-batched.
-SEED_BATCHED_BACKBONES = ("td3", "iql")
 _CHECKPOINT_KEYS = (
     "fingerprint", "phase", "step", "members", "optimizers", "rng", "histories", "wall_clock",
     "updates_done",
@@ -208,25 +207,23 @@ class SeedCollectors:
             collector.shutdown()
 
 
-class SeedGroup:
-    """The state of a seed-batched run; methods are the phase transitions. Use :func:`run_seeds`.
+class SeedGroup(RunContext):
+    """The state of a seed-batched run. Use :func:`run_seeds`.
 
     ``members[i]`` is a :class:`~torchrl_opt.pipeline.run.RunContext` of seed ``seeds[i]`` (its agent,
-    generator, environments, evaluation, logger and output directory); the group builds the
-    seed-batched update steps on the members' losses and drives the phase loops of
-    :mod:`torchrl_opt.pipeline.phases` with them.
+    generator, environments, evaluation, logger and output directory). The group runs
+    :class:`RunContext`'s own phase methods (the same loops, checkpoints and resume logic as one
+    run) and overrides what they build: seed-batched update steps on the members' losses (one
+    :class:`~torchrl_opt.pipeline.functional.SeedStack` per set of losses), one generator per seed,
+    a :class:`~torchrl_opt.data.seed_replay.SeedBatchedReplay`, the seed-batched density-ratio step,
+    every seed's collector and evaluation, and one checkpoint for the group. ``agent`` is the first
+    seed's (the template whose code the batched steps run).
     """
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig) -> None:  # noqa: D107 (RunContext.__init__ is per seed)
         validate(cfg)
         if cfg.seeds is None:
             raise ConfigError("a seed-batched run needs seeds=[...]")
-        if cfg.backbone.name not in SEED_BATCHED_BACKBONES:
-            raise ConfigError(
-                f"seeds={list(cfg.seeds)} with backbone.name={cfg.backbone.name!r}: seed batching "
-                f"supports the backbones {SEED_BATCHED_BACKBONES} (SPOT's VAE penalty is not "
-                "batched yet); run SPOT one seed per process with -m seed=..."
-            )
         self.cfg = cfg
         self.seeds = list(cfg.seeds)
         self.device = resolve_device(cfg.device)
@@ -240,7 +237,8 @@ class SeedGroup:
             RunContext(self._member_config(seed, experiment), prepared) for seed in self.seeds
         ]
         self.data = prepared.data
-        self.generators = [member.generator for member in self.members]
+        self.env_id = prepared.env_id
+        self.agent = self.members[0].agent
         self.logger = SeedGroupLogger(
             [member.logger for member in self.members], self.seeds, progress=cfg.logging.progress
         )
@@ -273,6 +271,11 @@ class SeedGroup:
     def agents(self) -> list:
         return [member.agent for member in self.members]
 
+    @property
+    def batch_generator(self) -> list[torch.Generator]:
+        """One generator per seed: seed ``s`` draws the batches its single run would."""
+        return [member.generator for member in self.members]
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int) -> dict[str, torch.Tensor]:
         """Every seed's evaluation (its own env and episodes), as ``[S]`` float64 tensors."""
@@ -290,7 +293,7 @@ class SeedGroup:
             "step": step,
             "members": [agent.state_dict() for agent in self.agents],
             "optimizers": {spec.name: spec.optimizer.state_dict() for spec in updates},
-            "rng": rng_state(*self.generators),
+            "rng": rng_state(*self.batch_generator),
             "histories": [
                 {k: list(v) for k, v in member.logger.history.items()} for member in self.members
             ],
@@ -344,181 +347,117 @@ class SeedGroup:
             agent.load_state_dict(agent_state)
         for spec in updates:
             spec.optimizer.load_state_dict(state["optimizers"][spec.name])
-        set_rng_state(state["rng"], *self.generators)
+        set_rng_state(state["rng"], *self.batch_generator)
 
-    def _save_phase_end(self, phase: str, steps: int, updates: list[UpdateSpec]) -> None:
-        every = self.cfg.checkpoint.every
-        if every == 0 or steps % every != 0:
-            self.save(phase, steps, updates)
+    def restore_finished(self, state: dict) -> SeedGroupResult:
+        """Load the final agents of a finished group and return its summaries."""
+        paths = [self.run_dir / "summary.json", *(m.run_dir / "summary.json" for m in self.members)]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{self.checkpoint_path} marks the group finished but {missing} are missing"
+            )
+        kappa = self.initial_kappa()
+        for member, agent_state in zip(self.members, state["members"]):
+            member.build_finetune_loss(kappa)
+            member.agent.load_state_dict(agent_state)
+        summaries = [json.loads((m.run_dir / "summary.json").read_text()) for m in self.members]
+        group = json.loads((self.run_dir / "summary.json").read_text())
+        return SeedGroupResult(self.run_dir, group, self.results(summaries))
 
-    def _timed(self, phase: str, start: float) -> None:
-        self.wall_clock[phase] = self.wall_clock.get(phase, 0.0) + time.perf_counter() - start
+    # ------------------------------------------------------------------ what the phases build
+    def load_offline_phase(self) -> None:
+        for member in self.members:  # each seed's offline.checkpoint ({seed} substituted)
+            member.load_offline_phase()
 
-    # ------------------------------------------------------------------ phases
-    def offline_phase(self, state: dict | None) -> None:
-        cfg = self.cfg
-        if cfg.offline.checkpoint:
-            for member in self.members:  # each seed's path ({seed} substituted)
-                member._load_offline_checkpoint(member.cfg.offline.checkpoint)
-            return
-        if state is not None and PHASES.index(state["phase"]) > PHASES.index("offline"):
-            return  # the agents' state comes with the later phase's checkpoint
-        stack = SeedStack.of([agent.offline_loss for agent in self.agents])
-        updates = self.agents[0].offline_updates(stack)
-        start = 0
-        if state is not None and state["phase"] == "offline":
-            self.restore(state, updates)
-            start = state["step"]
-        t0 = time.perf_counter()
-        train_offline(
-            self.agents[0], updates, self.data, cfg.offline.steps, cfg.offline.batch_size,
-            generator=self.generators, logger=self.logger, evaluate=self.evaluate,
-            log_every=cfg.logging.log_every, eval_every=cfg.offline.eval_every, start=start,
-            on_checkpoint=lambda step: self.save("offline", step, updates),
-            checkpoint_every=cfg.checkpoint.every,
-        )
-        self._timed("offline", t0)
-        self.updates_done["offline"] = cfg.offline.steps
-        self._save_phase_end("offline", cfg.offline.steps, updates)
+    def save_offline_phase(self) -> None:
         for member in self.members:
-            member._save_offline_checkpoint()
+            member.save_offline_phase()
 
-    def online_phases(self, state: dict | None) -> None:
-        cfg = self.cfg
-        kappa = self.members[0].initial_kappa()  # one schedule: a function of the env step
+    def vae_update_spec(self) -> UpdateSpec:
+        stack = SeedStack.of([agent.make_vae_loss() for agent in self.agents])
+        return self.agent.vae_update(stack)
+
+    def offline_update_specs(self) -> list[UpdateSpec]:
+        stack = SeedStack.of([agent.offline_loss for agent in self.agents])
+        return self.agent.offline_updates(stack)
+
+    def build_finetune_losses(self, kappa: KappaSchedule | None) -> None:
         for member in self.members:
             member.build_finetune_loss(kappa)
+        # one stack for pre-training and fine-tuning: both train the same losses
         self.finetune_stack = SeedStack.of([agent.finetune_loss for agent in self.agents])
-        phase = state["phase"] if state is not None else "pretrain"
-        if phase in ("vae", "offline"):
-            state, phase = None, "pretrain"
-        if phase == "pretrain":
-            pretraining = cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0
-            pretrain = (
-                self.agents[0].pretrain_update(cfg.online_pretrain, self.finetune_stack)
-                if pretraining
-                else None
-            )
-            if self.online_data is None and cfg.online_pretrain.n_tau > 0:
-                self._collect_online()
-                if pretrain is not None:
-                    self.save("pretrain", 0, [pretrain])
-            if pretrain is not None:
-                start = 0
-                if state is not None:
-                    self.restore(state, [pretrain])
-                    start = state["step"]
-                t0 = time.perf_counter()
-                pretrain_online(
-                    pretrain.step, self.data, self.online_data, cfg.online_pretrain.steps,
-                    cfg.online_pretrain.batch_size, generator=self.generators, logger=self.logger,
-                    log_every=cfg.logging.log_every, start=start,
-                    on_checkpoint=lambda step: self.save("pretrain", step, [pretrain]),
-                    checkpoint_every=cfg.checkpoint.every,
-                )
-                self._timed("pretrain", t0)
-                self.updates_done["pretrain"] = cfg.online_pretrain.steps
-                self._save_phase_end("pretrain", cfg.online_pretrain.steps, [pretrain])
-            state = None
-        self.finetune_phase(state, kappa)
 
-    def _collect_online(self) -> None:
-        """``n_tau`` steps of each seed's frozen offline policy in its own env (seed ``s + 1``)."""
-        cfg = self.cfg
-        n_tau = cfg.online_pretrain.n_tau
+    def pretrain_update_spec(self) -> UpdateSpec:
+        return self.agent.pretrain_update(self.cfg.online_pretrain, self.finetune_stack)
+
+    def finetune_update_specs(self) -> list[UpdateSpec]:
+        return self.agent.finetune_updates(self.finetune_stack)
+
+    def collect_online_data(self) -> None:
+        """``n_tau`` steps of each seed's frozen offline policy in its own env (seed ``s + 1``),
+        stacked ``[S, n_tau]``."""
+        n_tau = self.cfg.online_pretrain.n_tau
         t0 = time.perf_counter()
         self.logger.start_phase("collect B_on", n_tau * len(self.members))
         chunks = []
         for member in self.members:
             env = member.make_env(seed=member.cfg.seed + 1)
-            chunks.append(
-                collect_online(env, member.agent.policy, n_tau, device=self.device)
-            )
+            chunks.append(collect_online(env, member.agent.policy, n_tau, device=self.device))
             env.close()
             self.logger.advance(n_tau)
         self.logger.close_phase()
         self.online_data = torch.stack(chunks)
         self.wall_clock["collect"] = time.perf_counter() - t0
 
-    def finetune_phase(self, state: dict | None, kappa: KappaSchedule | None) -> None:
-        cfg = self.cfg
-        ft = cfg.finetune
-        agents = self.agents
-        updates = agents[0].finetune_updates(self.finetune_stack)
-        replay = make_seed_batched_replay(
+    def make_finetune_replay(self) -> SeedBatchedReplay:
+        cfg, ft = self.cfg, self.cfg.finetune
+        return make_seed_batched_replay(
             ft.replay, self.data, len(self.members), cfg.online_pretrain.n_tau + ft.env_steps,
             ft.batch_size, device=self.device, seeds=self.seeds, check_priorities=False,
         )
-        if self.online_data is not None:
-            replay.extend(self.online_data)
-        density = None
-        if ft.replay == "balanced":
-            density = SeedBatchedDensityUpdater(
-                [member.make_density_estimator() for member in self.members],
-                ft.density_lr, ft.batch_size, self.device, self.acceleration,
+
+    def make_finetune_density(self) -> SeedBatchedDensityUpdater | None:
+        ft = self.cfg.finetune
+        if ft.replay != "balanced":
+            return None
+        return SeedBatchedDensityUpdater(
+            [member.make_density_estimator() for member in self.members],
+            ft.density_lr, ft.batch_size, self.device, self.acceleration,
+        )
+
+    def attach_kappa(self, kappa: KappaSchedule) -> None:
+        # the updates read the template's buffer; the others keep each seed's state complete
+        for agent in self.agents:
+            kappa.attach(agent.finetune_loss.kappa)
+
+    def penalty_step(self):
+        steps = [member.penalty_step() for member in self.members]
+        if steps[0] is None:
+            return None
+
+        def step_all() -> None:  # every seed's penalty state (its lambda buffer) moves
+            for step in steps:
+                step()
+
+        return step_all
+
+    def make_finetune_collector(self, state: dict | None) -> tuple[SeedCollectors, Any]:
+        """Every seed's collector (its env, restored when resuming, and exploration policy),
+        stepped in lockstep; the snapshot function returns the list of env snapshots."""
+        collectors, snapshots = [], []
+        for i, member in enumerate(self.members):
+            collector, snapshot = member.make_finetune_collector(
+                None if state is None else {"env": state["env"][i]}
             )
-        if kappa is not None:
-            # the updates read the template's buffer; the others keep each seed's state complete
-            for agent in agents:
-                kappa.attach(agent.finetune_loss.kappa)
-        envs = [member.make_env(seed=member.cfg.seed + 2) for member in self.members]
-        if state is not None:
-            for env, snapshot in zip(envs, state["env"]):
-                env_restore_on_next_reset(env, snapshot)
-        collector = SeedCollectors(
-            [
-                Collector(
-                    env,
-                    agent.exploration_policy(),
-                    frames_per_batch=1,
-                    total_frames=-1,
-                    policy_device=self.device,
-                    storing_device=self.device,
-                    exploration_type=ExplorationType.RANDOM,
-                    auto_register_policy_transforms=False,
-                )
-                for env, agent in zip(envs, agents)
-            ]
-        )
-        start, update_count = 0, 0
-        if state is not None:
-            # after the collectors exist: their construction may draw random numbers
-            self.restore(state, updates)
-            replay.load_state_dict(state["replay"])
-            if kappa is not None:
-                kappa.load_state_dict(state["kappa"])
-                kappa.write()
-            if density is not None:
-                density.load_state_dict(state["density"])
-            start, update_count = state["step"], state["update_count"]
-
-        def on_checkpoint(step: int, n_updates: int) -> None:
-            extra = {
-                "update_count": n_updates,
-                "replay": replay.state_dict(),
-                "env": [env_snapshot(env) for env in envs],
-            }
-            if kappa is not None:
-                extra["kappa"] = kappa.state_dict()
-            if density is not None:
-                extra["density"] = density.state_dict()
-            self.save("finetune", step, updates, **extra)
-
-        t0 = time.perf_counter()
-        done = finetune(
-            agents[0], updates, replay, collector, ft.env_steps, ft.utd,
-            kappa=kappa, density=density, logger=self.logger, evaluate=self.evaluate,
-            log_every=cfg.logging.log_every, eval_every=cfg.eval.every, start=start,
-            update_count=update_count, on_checkpoint=on_checkpoint,
-            checkpoint_every=cfg.checkpoint.every,
-        )
-        collector.shutdown()
-        self._timed("finetune", t0)
-        self.updates_done["finetune"] = done
+            collectors.append(collector)
+            snapshots.append(snapshot)
+        return SeedCollectors(collectors), lambda: [snapshot() for snapshot in snapshots]
 
     # ------------------------------------------------------------------ summaries
-    def write_summaries(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Every seed's ``summary.json`` (its own scores; the group's wall-clock) and the group's."""
+    def finish(self) -> SeedGroupResult:
+        """Every seed's ``summary.json`` (its own scores; the group's wall-clock), the group's,
+        the group's checkpoint marked done; the group's result."""
         summaries = []
         for member in self.members:
             member.wall_clock = dict(self.wall_clock)
@@ -529,32 +468,24 @@ class SeedGroup:
             summaries.append(summary)
         group = self._group_summary(summaries)
         _write_json_atomic(self.run_dir / "summary.json", group)
-        return group, summaries
+        self.save("done", 0, [])
+        self.logger.close_phase()
+        return SeedGroupResult(self.run_dir, group, self.results(summaries))
 
     def _group_summary(self, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+        scores = ("final_normalized_score", "best_normalized_score", "offline_normalized_score")
         out: dict[str, Any] = {
             "config": dataclasses.asdict(self.cfg),
-            "env_id": self.members[0].env_id,
+            "env_id": self.env_id,
             "device": str(self.device),
             "seeds": self.seeds,
             "per_seed": {
-                str(seed): {
-                    "run_dir": str(member.run_dir),
-                    **{
-                        key: summary[key]
-                        for key in (
-                            "final_normalized_score",
-                            "best_normalized_score",
-                            "offline_normalized_score",
-                        )
-                    },
-                }
+                str(seed): {"run_dir": str(member.run_dir), **{k: summary[k] for k in scores}}
                 for seed, member, summary in zip(self.seeds, self.members, summaries)
             },
         }
-        for key in ("final_normalized_score", "best_normalized_score", "offline_normalized_score"):
-            mean, std = _mean_std([summary[key] for summary in summaries])
-            out[key], out[f"{key}_std"] = mean, std
+        for key in scores:
+            out[key], out[f"{key}_std"] = _mean_std([summary[key] for summary in summaries])
         out["wall_clock_s"] = dict(self.wall_clock)
         out["updates"] = dict(self.updates_done)
         out["updates_per_s"] = {
@@ -570,22 +501,6 @@ class SeedGroup:
             RunResult(member.run_dir, summary, dict(member.logger.history), member.agent)
             for member, summary in zip(self.members, summaries)
         ]
-
-    def restore_finished(self, state: dict) -> SeedGroupResult:
-        """Load the final agents of a finished group and return its summaries."""
-        paths = [self.run_dir / "summary.json", *(m.run_dir / "summary.json" for m in self.members)]
-        missing = [str(path) for path in paths if not path.is_file()]
-        if missing:
-            raise CheckpointError(
-                f"{self.checkpoint_path} marks the group finished but {missing} are missing"
-            )
-        kappa = self.members[0].initial_kappa()
-        for member, agent_state in zip(self.members, state["members"]):
-            member.build_finetune_loss(kappa)
-            member.agent.load_state_dict(agent_state)
-        summaries = [json.loads((m.run_dir / "summary.json").read_text()) for m in self.members]
-        group = json.loads((self.run_dir / "summary.json").read_text())
-        return SeedGroupResult(self.run_dir, group, self.results(summaries))
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -605,16 +520,12 @@ def _group_experiment_name(cfg: RunConfig) -> str:
 
 
 def run_seeds(cfg: RunConfig) -> SeedGroupResult:
-    """Run the seeds ``cfg.seeds`` of ``cfg`` together (see the module docstring); resumable."""
-    group = SeedGroup(cfg)
-    state = group.load()
-    if state is not None and state["phase"] == "done":
-        return group.restore_finished(state)
-    group.offline_phase(state)
-    if state is not None and state["phase"] in ("vae", "offline"):
-        state = None
-    group.online_phases(state)
-    summary, summaries = group.write_summaries()
-    group.save("done", 0, [])
-    group.logger.close_phase()
-    return SeedGroupResult(group.run_dir, summary, group.results(summaries))
+    """Run the seeds ``cfg.seeds`` of ``cfg`` together (see the module docstring); resumable.
+
+    The same as :func:`torchrl_opt.pipeline.run.run` with ``cfg.seeds`` set.
+    """
+    from torchrl_opt.pipeline.run import run
+
+    if cfg.seeds is None:
+        raise ConfigError("run_seeds needs cfg.seeds=[...]")
+    return run(cfg)
