@@ -637,6 +637,20 @@ def test_functional_steps_reproduce_the_default_pipeline(tmp_path, backbone):
         _assert_series_close(functional.history[key], series, rel=1e-5)
 
 
+@pytest.mark.parametrize("backbone", ["td3", "iql"])
+def test_direct_env_stepping_reproduces_torchrl_collectors(tmp_path, backbone):
+    """``acceleration.direct_env`` (the default where supported) steps the Gymnasium env directly:
+    a whole run logs exactly the history of the run stepped by TorchRL's Collector and rollouts."""
+    cfg = tiny_cfg(tmp_path / "torchrl", backbone)
+    cfg.acceleration.direct_env = False
+    reference = runmod.run(cfg)
+    cfg = tiny_cfg(tmp_path / "direct", backbone)
+    cfg.acceleration.direct_env = True
+    direct = runmod.run(cfg)
+    assert direct.history == reference.history
+    _assert_states_equal(_agent_state(direct), _agent_state(reference))
+
+
 @pytest.mark.parametrize("phase,step", [("pretrain", CHECKPOINT_EVERY), ("finetune", CHECKPOINT_EVERY)])
 def test_functional_steps_resume_exactly(phase, step, tmp_path, monkeypatch):
     """FunctionalAdam's state goes through the same checkpoints: a killed functional run resumes

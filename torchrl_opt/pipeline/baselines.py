@@ -63,7 +63,6 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torch import nn
-from torchrl.collectors import Collector
 from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType
 
@@ -97,6 +96,7 @@ from torchrl_opt.pipeline.logging import RunLogger
 from torchrl_opt.pipeline.phases import (
     collect_online,
     finetune,
+    make_step_collector,
     pretrain_online,
     train_offline,
 )
@@ -432,7 +432,10 @@ class _BaselineRun:
     def evaluate(self, step: int) -> dict[str, float]:
         """Deterministic returns of ``eval.episodes`` episodes, as the pipeline's ``RunContext.evaluate``."""
         env = self.make_env(self.cfg.seed * 1_000_003 + step + 1)
-        returns = evaluate_policy(self.agent.policy, env, self.cfg.eval.episodes, max_steps=self.cfg.eval.max_steps)
+        returns = evaluate_policy(
+            self.agent.policy, env, self.cfg.eval.episodes, max_steps=self.cfg.eval.max_steps,
+            direct=self.cfg.acceleration.direct_env,
+        )
         env.close()
         mean_return = float(returns.mean())
         score = normalized_score(self.cfg.dataset.task, mean_return, ref=self.ref_scores)
@@ -508,6 +511,7 @@ class _BaselineRun:
         env = self.make_env(seed)
         data = self.timed(phase, lambda: collect_online(
             env, policy, steps, device=self.device, exploration_type=exploration, logger=self.logger,
+            direct=self.cfg.acceleration.direct_env,
         ))
         env.close()
         return data
@@ -527,10 +531,9 @@ class _BaselineRun:
         """The pipeline's fine-tuning loop (``phases.finetune``) with ``policy`` collecting."""
         cfg = self.cfg
         env = self.make_env(cfg.seed + seed_offset)
-        collector = Collector(
-            env, policy if policy is not None else self.agent.actor, frames_per_batch=1,
-            total_frames=-1, policy_device=self.device, storing_device=self.device,
-            exploration_type=ExplorationType.RANDOM,
+        collector = make_step_collector(
+            env, policy if policy is not None else self.agent.actor, device=self.device,
+            exploration_type=ExplorationType.RANDOM, direct=self.cfg.acceleration.direct_env,
         )
         if kappa is not None:
             kappa.attach(self.agent.loss.kappa)

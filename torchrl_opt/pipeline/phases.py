@@ -22,6 +22,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
 
 from torchrl_opt.data.replay import DensityRatioEstimator, MixedReplayBuffer
+from torchrl_opt.direct_env import DirectCollector, use_direct
 from torchrl_opt.pipeline.agents import Agent, UpdateSpec
 from torchrl_opt.pipeline.logging import RunLogger
 from torchrl_opt.pipeline.updates import StepFn
@@ -32,7 +33,9 @@ __all__ = [
     "EvalFn",
     "collect_online",
     "finetune",
+    "make_step_collector",
     "pretrain_online",
+    "torchrl_collector",
     "sample_uniform",
     "train_offline",
     "train_vae",
@@ -170,6 +173,61 @@ def train_offline(
     logger.close_phase()
 
 
+def make_step_collector(
+    env: EnvBase,
+    policy,
+    *,
+    device: torch.device,
+    exploration_type: ExplorationType = ExplorationType.RANDOM,
+    direct: bool | None = None,
+):
+    """A collector of one transition per iteration, forever (``frames_per_batch=1``,
+    ``total_frames=-1``): what fine-tuning steps. The env is reset now (a pending resume snapshot is
+    restored then). :class:`~torchrl_opt.direct_env.DirectCollector` when ``direct`` resolves to
+    ``True`` (:func:`~torchrl_opt.direct_env.use_direct`), else TorchRL's ``Collector``; both yield
+    the same transitions."""
+    if use_direct(env, direct):
+        return DirectCollector(
+            env, policy, frames_per_batch=1, device=device, exploration_type=exploration_type
+        )
+    return torchrl_collector(
+        env, policy, frames_per_batch=1, total_frames=-1, device=device,
+        exploration_type=exploration_type,
+    )
+
+
+def torchrl_collector(
+    env: EnvBase,
+    policy,
+    *,
+    frames_per_batch: int,
+    total_frames: int,
+    device: torch.device,
+    exploration_type: ExplorationType,
+) -> Collector:
+    """TorchRL's ``Collector``, built without side effects on torch's RNG.
+
+    The ``Collector`` runs the policy once at construction to find its output keys, which draws
+    exploration noise from torch's global RNG; it is built on a forked RNG here, so a run's random
+    stream does not depend on which collector steps its env (the
+    :class:`~torchrl_opt.direct_env.DirectCollector` draws nothing at construction).
+    """
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return Collector(
+            env,
+            policy,
+            frames_per_batch=frames_per_batch,
+            total_frames=total_frames,
+            policy_device=device,
+            storing_device=device,
+            exploration_type=exploration_type,
+            # the policies read no recurrent/init state: keep the env as built (TorchRL 0.15
+            # would otherwise append an InitTracker, changing the env's keys)
+            auto_register_policy_transforms=False,
+        )
+
+
 def collect_online(
     env: EnvBase,
     policy,
@@ -179,27 +237,29 @@ def collect_online(
     exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
     frames_per_batch: int = 1000,
     logger: RunLogger | None = None,
+    direct: bool | None = None,
 ) -> TensorDictBase:
     """Roll out ``policy`` (frozen, deterministic by default: OPT's ``B_on``) for ``num_steps``.
 
     Returns the flat ``[num_steps]`` transitions on ``device``. The env runs where it lives (CPU for
-    MuJoCo); the policy runs on ``device``.
+    MuJoCo); the policy runs on ``device``. ``direct``: collect with
+    :class:`~torchrl_opt.direct_env.DirectCollector` (TorchRL's transitions, less host time; see
+    :func:`~torchrl_opt.direct_env.use_direct`) instead of TorchRL's ``Collector``.
     """
     if num_steps <= 0:
         raise ValueError(f"num_steps must be positive, got {num_steps}")
     frames_per_batch = min(frames_per_batch, num_steps)
-    collector = Collector(
-        env,
-        policy,
-        frames_per_batch=frames_per_batch,
-        total_frames=-(-num_steps // frames_per_batch) * frames_per_batch,
-        policy_device=device,
-        storing_device=device,
-        exploration_type=exploration_type,
-        # the policies read no recurrent/init state: keep the env as built (TorchRL 0.15 would
-        # otherwise append an InitTracker, changing the env's keys)
-        auto_register_policy_transforms=False,
-    )
+    if use_direct(env, direct):
+        collector = DirectCollector(
+            env, policy, frames_per_batch=frames_per_batch, device=device,
+            exploration_type=exploration_type,
+        )
+    else:
+        collector = torchrl_collector(
+            env, policy, frames_per_batch=frames_per_batch,
+            total_frames=-(-num_steps // frames_per_batch) * frames_per_batch, device=device,
+            exploration_type=exploration_type,
+        )
     chunks = []
     collected = 0
     if logger is not None:
@@ -211,6 +271,8 @@ def collect_online(
             collected += kept
             if logger is not None:
                 logger.advance(kept)
+            if collected >= num_steps:
+                break
     collector.shutdown()
     if logger is not None:
         logger.close_phase()

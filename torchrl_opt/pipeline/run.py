@@ -28,9 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.collectors import Collector
 from torchrl.envs import ObservationNorm, RewardScaling
-from torchrl.envs.utils import ExplorationType
 
 from torchrl_opt.data.datasets import (
     DatasetSpec,
@@ -70,6 +68,7 @@ from torchrl_opt.pipeline.phases import (
     DensityRatioUpdater,
     collect_online,
     finetune,
+    make_step_collector,
     pretrain_online,
     train_offline,
     train_vae,
@@ -455,7 +454,8 @@ class RunContext:
         """Deterministic returns of ``eval.episodes`` episodes on an env seeded by ``step``."""
         env = self.make_env(seed=self.cfg.seed * 1_000_003 + step + 1, train=False)
         returns = evaluate_policy(
-            self.agent.policy, env, self.cfg.eval.episodes, max_steps=self.cfg.eval.max_steps
+            self.agent.policy, env, self.cfg.eval.episodes, max_steps=self.cfg.eval.max_steps,
+            direct=self.cfg.acceleration.direct_env,
         )
         env.close()
         mean_return = float(returns.mean())
@@ -631,7 +631,7 @@ class RunContext:
         t0 = time.perf_counter()
         self.online_data = collect_online(
             env, self.agent.policy, self.cfg.online_pretrain.n_tau, device=self.device,
-            logger=self.logger,
+            logger=self.logger, direct=self.cfg.acceleration.direct_env,
         )
         env.close()
         self.wall_clock["collect"] = time.perf_counter() - t0
@@ -663,17 +663,9 @@ class RunContext:
         env = self.make_env(seed=self.cfg.seed + 2)
         if state is not None:
             env_restore_on_next_reset(env, state["env"])
-        collector = Collector(
-            env,
-            self.agent.exploration_policy(),
-            frames_per_batch=1,
-            total_frames=-1,
-            policy_device=self.device,
-            storing_device=self.device,
-            exploration_type=ExplorationType.RANDOM,
-            # the policies read no recurrent/init state: keep the env as built (TorchRL 0.15 would
-            # otherwise append an InitTracker, changing the env's keys)
-            auto_register_policy_transforms=False,
+        collector = make_step_collector(
+            env, self.agent.exploration_policy(), device=self.device,
+            direct=self.cfg.acceleration.direct_env,
         )
         return collector, lambda: env_snapshot(env)
 

@@ -403,7 +403,12 @@ class SeedGroup(RunContext):
         chunks = []
         for member in self.members:
             env = member.make_env(seed=member.cfg.seed + 1)
-            chunks.append(collect_online(env, member.agent.policy, n_tau, device=self.device))
+            chunks.append(
+                collect_online(
+                    env, member.agent.policy, n_tau, device=self.device,
+                    direct=self.cfg.acceleration.direct_env,
+                )
+            )
             env.close()
             self.logger.advance(n_tau)
         self.logger.close_phase()

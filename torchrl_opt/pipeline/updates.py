@@ -63,6 +63,13 @@ class AccelerationConfig:
             ``torch.cuda.CUDAGraph`` replay with no synchronisation (host work overlaps with the
             update) that returns the same static output TensorDict on every call, overwritten by
             the next replay.
+        direct_env: step environments with :mod:`torchrl_opt.direct_env` (the Gymnasium env
+            stepped directly, the env's transforms applied to the raw tensors: TorchRL's exact
+            transitions at a fraction of the host time) in fine-tuning collection, ``B_on``
+            collection and evaluation. ``None`` (default): wherever the env is supported (the
+            MuJoCo tasks), TorchRL's ``Collector`` / ``env.rollout`` elsewhere; ``True``: required
+            (an unsupported env raises :class:`~torchrl_opt.direct_env.DirectEnvError`);
+            ``False``: always TorchRL's.
     """
 
     compile: bool | None = None
@@ -71,6 +78,7 @@ class AccelerationConfig:
     warmup: int = 5
     functional: bool = False
     graph_backend: str = "tensordict"
+    direct_env: bool | None = None
 
 
 def should_accelerate(config: AccelerationConfig, device: torch.device) -> tuple[bool, bool]:

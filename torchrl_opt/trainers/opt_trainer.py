@@ -42,7 +42,6 @@ from tensordict import TensorDictBase
 from torch import nn
 from torchrl.collectors import BaseCollector, Collector
 from torchrl.envs import EnvBase
-from torchrl.envs.utils import ExplorationType
 from torchrl.objectives.common import LossModule
 from torchrl.record.loggers import Logger
 from torchrl.trainers import (
@@ -63,6 +62,7 @@ from torchrl_opt.pipeline.logging import RunLogger
 from torchrl_opt.pipeline.phases import (
     DensityRatioUpdater,
     collect_online,
+    make_step_collector,
     merge_metrics,
     pretrain_online,
     run_updates,
@@ -753,14 +753,10 @@ class OPTTrainer(Trainer):
         penalty_step = penalty.step if penalty is not None and hasattr(penalty, "step") else None
 
         def make_collector() -> Collector:
-            return Collector(
-                r.make_env(seed=cfg.seed + 2),
-                agent.exploration_policy(),
-                frames_per_batch=1,
-                total_frames=-1,
-                policy_device=r.device,
-                storing_device=r.device,
-                exploration_type=ExplorationType.RANDOM,
+            # TorchRL's Collector (the Trainer needs one), as the pipeline builds it
+            return make_step_collector(
+                r.make_env(seed=cfg.seed + 2), agent.exploration_policy(), device=r.device,
+                direct=False,
             )
 
         trainer = cls(
