@@ -131,11 +131,11 @@ class Agent(nn.Module):
     def policy(self) -> TensorDictModule:
         return self.actor
 
-    def exploration_policy(self) -> TensorDictModule:
-        """The fine-tuning collection policy: TD3/SPOT add N(0, (sigma * half-range)^2) noise,
-        IQL samples its Gaussian."""
+    def exploration_noise(self) -> AdditiveGaussianModule | None:
+        """TD3/SPOT's exploration noise module, N(0, (sigma * half-range)^2) added to the action and
+        kept in bounds; ``None`` for IQL (its policy samples its Gaussian)."""
         if self.cfg.name == "iql":
-            return self.actor
+            return None
         half_range = (self.action_spec.space.high - self.action_spec.space.low) / 2
         noise = AdditiveGaussianModule(
             spec=self.action_spec,
@@ -147,7 +147,13 @@ class Agent(nn.Module):
             device=self.device,
         )
         noise.std = half_range.to(self.device)
-        return TensorDictSequential(self.actor, noise)
+        return noise
+
+    def exploration_policy(self) -> TensorDictModule:
+        """The fine-tuning collection policy: TD3/SPOT add :meth:`exploration_noise`, IQL samples
+        its Gaussian."""
+        noise = self.exploration_noise()
+        return self.actor if noise is None else TensorDictSequential(self.actor, noise)
 
     # ------------------------------------------------------------------ losses
     def _make_loss(self, *, online: bool, use_q_on: bool = False, kappa: float = 0.0) -> LossModule:

@@ -156,6 +156,7 @@ def validate(cfg: RunConfig) -> None:
         ("logging.log_every", cfg.logging.log_every),
         ("checkpoint.every", cfg.checkpoint.every),
         ("acceleration.warmup", cfg.acceleration.warmup),
+        ("acceleration.env_threads", cfg.acceleration.env_threads),
     ]
     for key, value in non_negative:
         if value < 0:

@@ -26,6 +26,11 @@ run: a seed-batched run is reproducible (same ``seeds``, same results) and stati
 single runs; without noise (TD3 with ``policy_noise`` ~ 0 and no exploration noise) it reproduces the
 single runs to float rounding (tested).
 
+Acting is batched as well (:mod:`torchrl_opt.pipeline.seed_envs`): the seeds' environments step
+together and one vmapped call of the template actor acts for all of them, in fine-tuning, ``B_on``
+collection and evaluation (envs that :mod:`torchrl_opt.direct_env` cannot step fall back to one
+TorchRL collector per seed).
+
 ``<run_dir>/checkpoint.pt`` holds the whole group and is rewritten atomically every
 ``checkpoint.every`` steps of any phase; rerunning the same configuration resumes it, and a finished
 group returns its summaries. ``<run_dir>/summary.json`` aggregates the seeds (mean and standard
@@ -53,9 +58,13 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.collectors import Collector
+from torchrl.envs.utils import ExplorationType
 
 from torchrl_opt.data.replay import DensityRatioEstimator
+from torchrl_opt.data.scores import normalized_score
 from torchrl_opt.data.seed_replay import SeedBatchedReplay, make_seed_batched_replay
+from torchrl_opt.direct_env import use_direct
+from torchrl_opt.env_state import env_restore_on_next_reset, env_snapshot
 from torchrl_opt.objectives.density import DensityRatioLoss
 from torchrl_opt.pipeline.agents import UpdateSpec
 from torchrl_opt.pipeline.checkpoint import (
@@ -81,6 +90,12 @@ from torchrl_opt.pipeline.run import (
     prepare_data,
     resolve_device,
     validate,
+)
+from torchrl_opt.pipeline.seed_envs import (
+    LockstepEnvs,
+    SeedBatchedPolicy,
+    SeedLockstepCollector,
+    lockstep_returns,
 )
 from torchrl_opt.pipeline.updates import AccelerationConfig, accelerate
 from torchrl_opt.schedules import KappaSchedule
@@ -251,6 +266,8 @@ class SeedGroup(RunContext):
         #: ``B_on`` of every seed, ``[S, n_tau]``.
         self.online_data: TensorDictBase | None = None
         self.finetune_stack: SeedStack | None = None
+        #: the stack whose ``actor_network_params`` the seeds' actors are views of now
+        self._actor_stack: SeedStack | None = None
 
     def _member_config(self, seed: int, experiment: str) -> RunConfig:
         cfg = self.cfg
@@ -278,12 +295,49 @@ class SeedGroup(RunContext):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int) -> dict[str, torch.Tensor]:
-        """Every seed's evaluation (its own env and episodes), as ``[S]`` float64 tensors."""
-        results = [member.evaluate(step) for member in self.members]
-        return {
-            key: torch.tensor([result[key] for result in results], dtype=torch.float64)
-            for key in results[0]
-        }
+        """Every seed's evaluation (its own env and episodes, as its single run's), as ``[S]``
+        float64 tensors; all seeds step together with one batched policy call when their envs
+        support direct stepping."""
+        cfg = self.cfg
+        envs = [
+            member.make_env(seed=member.cfg.seed * 1_000_003 + step + 1, train=False)
+            for member in self.members
+        ]
+        if not self._direct(envs):
+            for env in envs:
+                env.close()
+            results = [member.evaluate(step) for member in self.members]
+            return {
+                key: torch.tensor([result[key] for result in results], dtype=torch.float64)
+                for key in results[0]
+            }
+        lockstep = LockstepEnvs(envs, threads=cfg.acceleration.env_threads)
+        returns = lockstep_returns(
+            self._policy(), lockstep, cfg.eval.episodes, max_steps=cfg.eval.max_steps,
+            device=self.device,
+        ).mean(1)
+        lockstep.close()
+        for env in envs:
+            env.close()
+        scores = [
+            normalized_score(cfg.dataset.task, float(value), ref=member.ref_scores)
+            for value, member in zip(returns, self.members)
+        ]
+        return {"return": returns, "normalized_score": torch.tensor(scores, dtype=torch.float64)}
+
+    # ------------------------------------------------------------------ batched acting
+    def _direct(self, envs: list) -> bool:
+        return all(use_direct(env, self.cfg.acceleration.direct_env) for env in envs)
+
+    def _actor_params(self) -> TensorDictBase:
+        if self._actor_stack is None:
+            raise RuntimeError("no seed stack holds the actors yet (build the phase's updates)")
+        return self._actor_stack.groups["actor_network_params"]
+
+    def _policy(self, *, explore: bool = False) -> SeedBatchedPolicy:
+        """Every seed's actor in one call (with the template's exploration noise if ``explore``)."""
+        noise = self.agent.exploration_noise() if explore else None
+        return SeedBatchedPolicy(self.agent.actor, self._actor_params, noise=noise)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, phase: str, step: int, updates: list[UpdateSpec], **extra: Any) -> None:
@@ -380,6 +434,7 @@ class SeedGroup(RunContext):
 
     def offline_update_specs(self) -> list[UpdateSpec]:
         stack = SeedStack.of([agent.offline_loss for agent in self.agents])
+        self._actor_stack = stack
         return self.agent.offline_updates(stack)
 
     def build_finetune_losses(self, kappa: KappaSchedule | None) -> None:
@@ -387,6 +442,7 @@ class SeedGroup(RunContext):
             member.build_finetune_loss(kappa)
         # one stack for pre-training and fine-tuning: both train the same losses
         self.finetune_stack = SeedStack.of([agent.finetune_loss for agent in self.agents])
+        self._actor_stack = self.finetune_stack
 
     def pretrain_update_spec(self) -> UpdateSpec:
         return self.agent.pretrain_update(self.cfg.online_pretrain, self.finetune_stack)
@@ -396,23 +452,35 @@ class SeedGroup(RunContext):
 
     def collect_online_data(self) -> None:
         """``n_tau`` steps of each seed's frozen offline policy in its own env (seed ``s + 1``),
-        stacked ``[S, n_tau]``."""
+        stacked ``[S, n_tau]``; all seeds step together when their envs support direct stepping."""
         n_tau = self.cfg.online_pretrain.n_tau
         t0 = time.perf_counter()
         self.logger.start_phase("collect B_on", n_tau * len(self.members))
-        chunks = []
-        for member in self.members:
-            env = member.make_env(seed=member.cfg.seed + 1)
-            chunks.append(
-                collect_online(
-                    env, member.agent.policy, n_tau, device=self.device,
-                    direct=self.cfg.acceleration.direct_env,
-                )
+        envs = [member.make_env(seed=member.cfg.seed + 1) for member in self.members]
+        if self._direct(envs):
+            collector = SeedLockstepCollector(
+                LockstepEnvs(envs, threads=self.cfg.acceleration.env_threads), self._policy(),
+                frames_per_batch=min(1000, n_tau), device=self.device,
+                exploration_type=ExplorationType.DETERMINISTIC,
             )
+            chunks, collected = [], 0
+            for batch in collector:
+                chunks.append(batch)
+                collected += batch.shape[1]
+                self.logger.advance(len(self.members) * min(batch.shape[1], n_tau))
+                if collected >= n_tau:
+                    break
+            collector.shutdown()
+            self.online_data = torch.cat(chunks, 1)[:, :n_tau]
+        else:
+            chunks = []
+            for member, env in zip(self.members, envs):
+                chunks.append(collect_online(env, member.agent.policy, n_tau, device=self.device))
+                self.logger.advance(n_tau)
+            self.online_data = torch.stack(chunks)
+        for env in envs:
             env.close()
-            self.logger.advance(n_tau)
         self.logger.close_phase()
-        self.online_data = torch.stack(chunks)
         self.wall_clock["collect"] = time.perf_counter() - t0
 
     def make_finetune_replay(self) -> SeedBatchedReplay:
@@ -447,9 +515,22 @@ class SeedGroup(RunContext):
 
         return step_all
 
-    def make_finetune_collector(self, state: dict | None) -> tuple[SeedCollectors, Any]:
-        """Every seed's collector (its env, restored when resuming, and exploration policy),
-        stepped in lockstep; the snapshot function returns the list of env snapshots."""
+    def make_finetune_collector(self, state: dict | None) -> tuple[Any, Any]:
+        """Every seed's env (seed ``s + 2``, restored when resuming) and exploration policy,
+        stepped in lockstep: one batched policy call for all seeds when the envs support direct
+        stepping, else one collector per seed. The snapshot function returns the env snapshots."""
+        envs = [member.make_env(seed=member.cfg.seed + 2) for member in self.members]
+        if self._direct(envs):
+            if state is not None:
+                for env, snapshot in zip(envs, state["env"]):
+                    env_restore_on_next_reset(env, snapshot)
+            collector = SeedLockstepCollector(
+                LockstepEnvs(envs, threads=self.cfg.acceleration.env_threads),
+                self._policy(explore=True), device=self.device,
+            )
+            return collector, lambda: [env_snapshot(env) for env in envs]
+        for env in envs:
+            env.close()
         collectors, snapshots = [], []
         for i, member in enumerate(self.members):
             collector, snapshot = member.make_finetune_collector(

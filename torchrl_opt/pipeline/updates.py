@@ -70,6 +70,9 @@ class AccelerationConfig:
             MuJoCo tasks), TorchRL's ``Collector`` / ``env.rollout`` elsewhere; ``True``: required
             (an unsupported env raises :class:`~torchrl_opt.direct_env.DirectEnvError`);
             ``False``: always TorchRL's.
+        env_threads: a seed-batched run steps its seeds' environments (collection and evaluation)
+            in a pool of that many threads (MuJoCo releases the GIL while it simulates); 0
+            (default) steps them one after the other.
     """
 
     compile: bool | None = None
@@ -79,6 +82,7 @@ class AccelerationConfig:
     functional: bool = False
     graph_backend: str = "tensordict"
     direct_env: bool | None = None
+    env_threads: int = 0
 
 
 def should_accelerate(config: AccelerationConfig, device: torch.device) -> tuple[bool, bool]:
