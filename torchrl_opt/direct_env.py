@@ -52,6 +52,7 @@ __all__ = [
     "DirectEnvError",
     "direct_rollout_returns",
     "supports",
+    "transition_batch",
     "use_direct",
 ]
 
@@ -194,6 +195,46 @@ def _applies_to(transform, key: str) -> bool:
     return key in [k if isinstance(k, str) else k[-1] for k in transform.in_keys]
 
 
+def transition_batch(
+    observation: torch.Tensor,
+    action: torch.Tensor,
+    next_observation: torch.Tensor,
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+) -> TensorDictBase:
+    """Transitions in TorchRL's collector layout, batch size ``terminated.shape[:-1]``.
+
+    ``observation``, ``action``, root ``done``/``terminated``/``truncated`` (all ``False``: the
+    root flags describe ``observation``, a reset or a non-final one) and ``next/{observation,
+    reward, done, terminated, truncated}`` with ``done = terminated | truncated``.
+    """
+    size = terminated.shape[:-1]
+    false = torch.zeros_like(terminated)
+    # explicit TensorDicts (a nested dict would go through TensorDict.from_any at every call)
+    next_td = TensorDict(
+        {
+            _OBSERVATION: next_observation,
+            "reward": reward,
+            "done": terminated | truncated,
+            "terminated": terminated,
+            "truncated": truncated,
+        },
+        batch_size=size,
+    )
+    return TensorDict(
+        {
+            _OBSERVATION: observation,
+            "action": action,
+            "done": false,
+            "terminated": false.clone(),
+            "truncated": false.clone(),
+            "next": next_td,
+        },
+        batch_size=size,
+    )
+
+
 class DirectCollector:
     """``Collector(env, policy, frames_per_batch, total_frames=-1)`` on a :class:`DirectEnv`.
 
@@ -239,34 +280,7 @@ class DirectCollector:
         while True:
             with torch.no_grad(), set_exploration_type(self.exploration_type):
                 steps = [self._step() for _ in range(self.frames_per_batch)]
-            obs, action, next_obs, reward, terminated, truncated = (
-                torch.stack(column) for column in zip(*steps)
-            )
-            # the root flags describe ``obs``: a reset observation or a non-final one, never done
-            false = torch.zeros_like(terminated)
-            size = [self.frames_per_batch]
-            # explicit TensorDicts (a nested dict would go through TensorDict.from_any per call)
-            next_td = TensorDict(
-                {
-                    _OBSERVATION: next_obs,
-                    "reward": reward,
-                    "done": terminated | truncated,
-                    "terminated": terminated,
-                    "truncated": truncated,
-                },
-                batch_size=size,
-            )
-            batch = TensorDict(
-                {
-                    _OBSERVATION: obs,
-                    "action": action,
-                    "done": false,
-                    "terminated": false.clone(),
-                    "truncated": false.clone(),
-                    "next": next_td,
-                },
-                batch_size=size,
-            )
+            batch = transition_batch(*(torch.stack(column) for column in zip(*steps)))
             yield batch if self.device.type == "cpu" else batch.to(self.device)
 
     def shutdown(self) -> None:

@@ -104,6 +104,7 @@ __all__ = [
     "OnlineSampler",
     "UniformSampler",
     "MixedReplayBuffer",
+    "check_replay_inputs",
     "make_replay",
     "density_ratio_loss",
     "density_ratio_priority",
@@ -593,6 +594,38 @@ _SAMPLERS: dict[str, type[OfflineOnlineSampler]] = {
 # --------------------------------------------------------------------------------------
 # Buffer and factory
 # --------------------------------------------------------------------------------------
+def check_replay_inputs(
+    strategy: str, offline: TensorDictBase, online_capacity: int, batch_size: int
+) -> None:
+    """Validate what a mixed replay is built from (shared by the single and seed-batched ones).
+
+    Raises:
+        ValueError: unknown strategy, empty or non-flat offline data, negative capacity or batch
+            size below 1.
+        TypeError: offline data that are not a TensorDict.
+        ReplayKeyError: offline data without the transition keys.
+    """
+    if strategy not in REPLAY_STRATEGIES:
+        raise ValueError(
+            f"unknown replay strategy {strategy!r}; choose one of {REPLAY_STRATEGIES}."
+        )
+    if not isinstance(offline, TensorDictBase):
+        raise TypeError(f"offline data must be a TensorDict, got {type(offline).__name__}.")
+    if offline.batch_dims != 1 or offline.shape[0] == 0:
+        raise ValueError(
+            "offline data must be a non-empty flat TensorDict [N]; got batch size "
+            f"{tuple(offline.shape)}."
+        )
+    if online_capacity < 0 or batch_size < 1:
+        raise ValueError(
+            "need online_capacity >= 0 and batch_size >= 1; got "
+            f"{online_capacity}, {batch_size}."
+        )
+    missing = [k for k in TRANSITION_KEYS if k not in offline.keys(True, True)]
+    if missing:
+        raise ReplayKeyError(f"offline data lack transition keys {missing}.")
+
+
 class MixedReplayBuffer(TensorDictReplayBuffer):
     """A ``TensorDictReplayBuffer`` over offline data followed by online data, one strategy.
 
@@ -624,25 +657,7 @@ class MixedReplayBuffer(TensorDictReplayBuffer):
         offline_fraction: float = 0.5,
         check_priorities: bool = True,
     ) -> None:
-        if strategy not in _SAMPLERS:
-            raise ValueError(
-                f"unknown replay strategy {strategy!r}; choose one of {REPLAY_STRATEGIES}."
-            )
-        if not isinstance(offline, TensorDictBase):
-            raise TypeError(f"offline data must be a TensorDict, got {type(offline).__name__}.")
-        if offline.batch_dims != 1 or offline.shape[0] == 0:
-            raise ValueError(
-                "offline data must be a non-empty flat TensorDict [N]; got batch size "
-                f"{tuple(offline.shape)}."
-            )
-        if online_capacity < 0 or batch_size < 1:
-            raise ValueError(
-                "need online_capacity >= 0 and batch_size >= 1; got "
-                f"{online_capacity}, {batch_size}."
-            )
-        missing = [k for k in TRANSITION_KEYS if k not in offline.keys(True, True)]
-        if missing:
-            raise ReplayKeyError(f"offline data lack transition keys {missing}.")
+        check_replay_inputs(strategy, offline, online_capacity, batch_size)
         if device is None:
             device = offline.device if offline.device is not None else torch.device("cpu")
         device = torch.device(device)

@@ -47,8 +47,6 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from torchrl_opt.data.replay import (
-    REPLAY_STRATEGIES,
-    TRANSITION_KEYS,
     EmptyOnlineBufferError,
     PrioritiesNotSupportedError,
     ReplayCapacityError,
@@ -56,6 +54,7 @@ from torchrl_opt.data.replay import (
     ReplayStrategy,
     _new_generator,
     _tree_levels,
+    check_replay_inputs,
     sumtree_layout,
     uniform_range_sample,
 )
@@ -213,28 +212,10 @@ class SeedBatchedReplay:
         offline_fraction: float = 0.5,
         check_priorities: bool = True,
     ) -> None:
-        if strategy not in REPLAY_STRATEGIES:
-            raise ValueError(
-                f"unknown replay strategy {strategy!r}; choose one of {REPLAY_STRATEGIES}."
-            )
-        if not isinstance(offline, TensorDictBase):
-            raise TypeError(f"offline data must be a TensorDict, got {type(offline).__name__}.")
-        if offline.batch_dims != 1 or offline.shape[0] == 0:
-            raise ValueError(
-                "offline data must be a non-empty flat TensorDict [N]; got batch size "
-                f"{tuple(offline.shape)}."
-            )
-        if online_capacity < 0 or batch_size < 1:
-            raise ValueError(
-                "need online_capacity >= 0 and batch_size >= 1; got "
-                f"{online_capacity}, {batch_size}."
-            )
+        check_replay_inputs(strategy, offline, online_capacity, batch_size)
         if isinstance(num_seeds, bool) or int(num_seeds) != num_seeds or num_seeds < 1:
             raise ValueError(f"num_seeds must be an int >= 1, got {num_seeds!r}.")
         num_seeds = int(num_seeds)
-        missing = [k for k in TRANSITION_KEYS if k not in offline.keys(True, True)]
-        if missing:
-            raise ReplayKeyError(f"offline data lack transition keys {missing}.")
         if strategy == "symmetric" and not 0.0 <= offline_fraction <= 1.0:
             raise ValueError(f"offline_fraction must be in [0, 1], got {offline_fraction}.")
         if device is None:

@@ -464,15 +464,17 @@ class RunContext:
         return {"return": mean_return, "normalized_score": float(score)}
 
     # ------------------------------------------------------------------ checkpoints
+    #: entries every checkpoint of this kind of run holds (checked when resuming).
+    checkpoint_keys = _CHECKPOINT_KEYS
+
     def save(self, phase: str, step: int, updates: list[UpdateSpec], **extra: Any) -> None:
         state = {
             "fingerprint": self.fingerprint,
             "phase": phase,
             "step": step,
-            "agent": self.agent.state_dict(),
+            **self.model_state(),
             "optimizers": {spec.name: spec.optimizer.state_dict() for spec in updates},
-            "rng": rng_state(self.generator),
-            "history": {k: list(v) for k, v in self.logger.history.items()},
+            "rng": rng_state(*self.generators()),
             "wall_clock": dict(self.wall_clock),
             "updates_done": dict(self.updates_done),
             **extra,
@@ -480,6 +482,27 @@ class RunContext:
         if self.online_data is not None:
             state["online_data"] = _tensordict_state(self.online_data)
         save_checkpoint(self.checkpoint_path, state)
+
+    def model_state(self) -> dict[str, Any]:
+        """The checkpoint entries of the agent and the logged history."""
+        return {
+            "agent": self.agent.state_dict(),
+            "history": {k: list(v) for k, v in self.logger.history.items()},
+        }
+
+    def load_model_state(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+
+    def restore_histories(self, state: dict | None) -> None:
+        """Reset the logged history (and CSV files) to ``state``'s, or to empty for a fresh run."""
+        self.logger.restore_history(state["history"] if state is not None else {})
+
+    def check_checkpoint(self, state: dict) -> None:
+        """Checks of a loaded checkpoint beyond its keys and fingerprint (none for one run)."""
+
+    def generators(self) -> list[torch.Generator]:
+        """The generators a checkpoint saves and restores (with torch's global RNG)."""
+        return [self.generator]
 
     def load(self) -> dict | None:
         """The run's checkpoint when resuming (``None`` for a fresh start), checked against the
@@ -490,7 +513,7 @@ class RunContext:
         before the checkpoint has loaded and matched.
         """
         if not (self.cfg.checkpoint.resume and self.checkpoint_path.exists()):
-            self.logger.restore_history({})
+            self.restore_histories(None)
             return None
         hint = (
             " Set checkpoint.resume=false (or use another run_dir) to start this run afresh; "
@@ -499,15 +522,16 @@ class RunContext:
         try:
             state = load_checkpoint(self.checkpoint_path, map_location="cpu")
             check_fingerprint(state, self.fingerprint, self.checkpoint_path)
-            missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+            missing = [k for k in self.checkpoint_keys if k not in state]
             if missing or state["phase"] not in PHASES:
                 raise CheckpointError(
                     f"Checkpoint {self.checkpoint_path} lacks entries {missing} or has an unknown "
                     f"phase {state.get('phase')!r}"
                 )
+            self.check_checkpoint(state)
         except CheckpointError as err:
             raise type(err)(f"{err}.{hint}") from err
-        self.logger.restore_history(state["history"])
+        self.restore_histories(state)
         self.wall_clock.update(state["wall_clock"])
         self.updates_done.update(state["updates_done"])
         if "online_data" in state:
@@ -516,10 +540,10 @@ class RunContext:
 
     def restore(self, state: dict, updates: list[UpdateSpec]) -> None:
         """Load agent, optimisers and RNGs (call after every object of the phase exists)."""
-        self.agent.load_state_dict(state["agent"])
+        self.load_model_state(state)
         for spec in updates:
             spec.optimizer.load_state_dict(state["optimizers"][spec.name])
-        set_rng_state(state["rng"], self.generator)
+        set_rng_state(state["rng"], *self.generators())
 
     def restore_finished(self, state: dict) -> RunResult:
         """Load the final agent of a finished run (its fine-tuning loss included); its result."""

@@ -33,7 +33,7 @@ from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModuleBas
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_opt.direct_env import DirectEnv
+from torchrl_opt.direct_env import DirectEnv, transition_batch
 
 __all__ = [
     "LockstepEnvs",
@@ -175,32 +175,7 @@ class SeedLockstepCollector:
         while True:
             with torch.no_grad(), set_exploration_type(self.exploration_type):
                 steps = [self._step() for _ in range(self.frames_per_batch)]
-            obs, action, next_obs, reward, terminated, truncated = (
-                torch.stack(column, 1) for column in zip(*steps)
-            )
-            false = torch.zeros_like(terminated)
-            size = [len(self._all), self.frames_per_batch]
-            next_td = TensorDict(
-                {
-                    _OBSERVATION: next_obs,
-                    "reward": reward,
-                    "done": terminated | truncated,
-                    "terminated": terminated,
-                    "truncated": truncated,
-                },
-                batch_size=size,
-            )
-            batch = TensorDict(
-                {
-                    _OBSERVATION: obs,
-                    "action": action,
-                    "done": false,
-                    "terminated": false.clone(),
-                    "truncated": false.clone(),
-                    "next": next_td,
-                },
-                batch_size=size,
-            )
+            batch = transition_batch(*(torch.stack(column, 1) for column in zip(*steps)))
             yield batch if self.device.type == "cpu" else batch.to(self.device)
 
     def shutdown(self) -> None:

@@ -69,22 +69,14 @@ from torchrl_opt.objectives.density import DensityRatioLoss
 from torchrl_opt.pipeline.agents import UpdateSpec
 from torchrl_opt.pipeline.checkpoint import (
     CheckpointError,
-    check_fingerprint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
 )
 from torchrl_opt.pipeline.config import ConfigError, RunConfig
 from torchrl_opt.pipeline.functional import SeedBatchedStep, SeedStack, make_functional_step
 from torchrl_opt.pipeline.logging import SeedGroupLogger
 from torchrl_opt.pipeline.phases import collect_online
 from torchrl_opt.pipeline.run import (
-    PHASES,
     RunContext,
     RunResult,
-    _tensordict_from_state,
-    _tensordict_state,
     _write_json_atomic,
     offline_checkpoint_path,
     prepare_data,
@@ -340,68 +332,33 @@ class SeedGroup(RunContext):
         return SeedBatchedPolicy(self.agent.actor, self._actor_params, noise=noise)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, phase: str, step: int, updates: list[UpdateSpec], **extra: Any) -> None:
-        state = {
-            "fingerprint": self.fingerprint,
-            "phase": phase,
-            "step": step,
+    checkpoint_keys = _CHECKPOINT_KEYS
+
+    def model_state(self) -> dict[str, Any]:
+        return {
             "members": [agent.state_dict() for agent in self.agents],
-            "optimizers": {spec.name: spec.optimizer.state_dict() for spec in updates},
-            "rng": rng_state(*self.batch_generator),
             "histories": [
                 {k: list(v) for k, v in member.logger.history.items()} for member in self.members
             ],
-            "wall_clock": dict(self.wall_clock),
-            "updates_done": dict(self.updates_done),
-            **extra,
         }
-        if self.online_data is not None:
-            state["online_data"] = _tensordict_state(self.online_data)
-        save_checkpoint(self.checkpoint_path, state)
 
-    def load(self) -> dict | None:
-        """The group's checkpoint when resuming (``None`` for a fresh start), checked against the
-        configuration; every seed's history (and CSV files) is reset to the checkpoint's. Nothing on
-        disk is modified before the checkpoint has loaded and matched."""
-        if not (self.cfg.checkpoint.resume and self.checkpoint_path.exists()):
-            for member in self.members:
-                member.logger.restore_history({})
-            return None
-        hint = (
-            " Set checkpoint.resume=false (or use another run_dir) to start this group afresh; "
-            "the files in the run directory were left untouched."
-        )
-        try:
-            state = load_checkpoint(self.checkpoint_path, map_location="cpu")
-            check_fingerprint(state, self.fingerprint, self.checkpoint_path)
-            missing = [k for k in _CHECKPOINT_KEYS if k not in state]
-            if missing or state["phase"] not in PHASES:
-                raise CheckpointError(
-                    f"Checkpoint {self.checkpoint_path} lacks entries {missing} or has an unknown "
-                    f"phase {state.get('phase')!r}"
-                )
-            if len(state["members"]) != len(self.members):
-                raise CheckpointError(
-                    f"Checkpoint {self.checkpoint_path} holds {len(state['members'])} seeds, the "
-                    f"group has {len(self.members)}"
-                )
-        except CheckpointError as err:
-            raise type(err)(f"{err}.{hint}") from err
-        for member, history in zip(self.members, state["histories"]):
-            member.logger.restore_history(history)
-        self.wall_clock.update(state["wall_clock"])
-        self.updates_done.update(state["updates_done"])
-        if "online_data" in state:
-            self.online_data = _tensordict_from_state(state["online_data"], self.device)
-        return state
-
-    def restore(self, state: dict, updates: list[UpdateSpec]) -> None:
-        """Load every seed's agent, the batched optimisers and all RNGs."""
+    def load_model_state(self, state: dict) -> None:
         for agent, agent_state in zip(self.agents, state["members"]):
             agent.load_state_dict(agent_state)
-        for spec in updates:
-            spec.optimizer.load_state_dict(state["optimizers"][spec.name])
-        set_rng_state(state["rng"], *self.batch_generator)
+
+    def restore_histories(self, state: dict | None) -> None:
+        for i, member in enumerate(self.members):
+            member.logger.restore_history(state["histories"][i] if state is not None else {})
+
+    def check_checkpoint(self, state: dict) -> None:
+        if len(state["members"]) != len(self.members):
+            raise CheckpointError(
+                f"Checkpoint {self.checkpoint_path} holds {len(state['members'])} seeds, the "
+                f"group has {len(self.members)}"
+            )
+
+    def generators(self) -> list[torch.Generator]:
+        return self.batch_generator
 
     def restore_finished(self, state: dict) -> SeedGroupResult:
         """Load the final agents of a finished group and return its summaries."""
