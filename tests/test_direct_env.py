@@ -163,3 +163,47 @@ def test_unsupported_envs_are_named():
     # an unsupported env still evaluates, through TorchRL, when not forced
     returns = evaluate_policy(agent().policy, counted, 1, max_steps=20)
     assert returns.shape == (1,)
+
+
+def test_prefetching_acts_one_step_ahead_of_the_updates():
+    """``prefetch=True``: the action of step t+1 is computed right after step t, before the caller
+    updates the policy; without prefetching it is computed after. Checked against the actor's
+    outputs before and after a simulated update at every step."""
+    torch.manual_seed(0)
+    actor = agent(noise=0.0).policy  # deterministic TD3 actor
+    weight = actor.module.net[-1].bias
+
+    def run(prefetch: bool):
+        collector = DirectCollector(make(6), actor, prefetch=prefetch,
+                                    exploration_type=ExplorationType.DETERMINISTIC)
+        records = []
+        stream = iter(collector)
+        with torch.no_grad():
+            original = weight.clone()
+            for _ in range(12):
+                batch = next(stream)
+                before = actor(batch["next"].select("observation").clone())["action"]
+                weight.add_(0.05)  # "the updates" that follow the step
+                after = actor(batch["next"].select("observation").clone())["action"]
+                records.append((batch, before, after))
+            weight.copy_(original)
+        return records
+
+    for prefetch in (True, False):
+        records = run(prefetch)
+        for (batch, before, after), (following, _, _) in zip(records, records[1:]):
+            if bool(batch["next", "done"].any()):
+                continue  # the next step starts from a reset observation
+            expected = before if prefetch else after
+            torch.testing.assert_close(following["action"], expected, rtol=0, atol=0)
+    collector = DirectCollector(make(6), actor, prefetch=True)
+    pending = collector.pending_action()
+    assert pending.shape == (ACT,)
+    collector.set_pending_action(torch.zeros(ACT))
+    assert torch.equal(next(iter(collector))["action"][0], torch.zeros(ACT))
+    with pytest.raises(ValueError, match="prefetching"):
+        DirectCollector(make(6), actor).set_pending_action(torch.zeros(ACT))
+    counted = make(0)
+    counted.append_transform(StepCounter())
+    with pytest.raises(ValueError, match="prefetch_action needs direct env stepping"):
+        make_step_collector(counted, actor, device=torch.device("cpu"), prefetch=True)

@@ -651,6 +651,32 @@ def test_direct_env_stepping_reproduces_torchrl_collectors(tmp_path, backbone):
     _assert_states_equal(_agent_state(direct), _agent_state(reference))
 
 
+def test_prefetching_runs_resume_exactly(tmp_path, monkeypatch):
+    """``finetune.prefetch_action``: the prefetched action goes through the checkpoint, so a killed
+    run resumes to the uninterrupted run's metrics exactly; it is refused without direct stepping."""
+    def cfg_at(path):
+        cfg = tiny_cfg(path, "td3", True)
+        cfg.finetune.prefetch_action = True
+        return cfg
+
+    reference = runmod.run(cfg_at(tmp_path / "reference"))
+    default = runmod.run(tiny_cfg(tmp_path / "default", "td3", True))
+    assert reference.history["finetune/loss_actor"] != default.history["finetune/loss_actor"]
+    cfg = cfg_at(tmp_path / "run")
+    with monkeypatch.context() as mp:
+        _kill_after_checkpoint(mp, "finetune", CHECKPOINT_EVERY)
+        with pytest.raises(_Kill):
+            runmod.run(cfg)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["pending_action"].shape == (3,)
+    resumed = runmod.run(cfg)
+    assert resumed.history == reference.history
+    bad = cfg_at(tmp_path / "bad")
+    bad.acceleration.direct_env = False
+    with pytest.raises(ConfigError, match="prefetch_action"):
+        runmod.run(bad)
+
+
 @pytest.mark.parametrize("phase,step", [("pretrain", CHECKPOINT_EVERY), ("finetune", CHECKPOINT_EVERY)])
 def test_functional_steps_resume_exactly(phase, step, tmp_path, monkeypatch):
     """FunctionalAdam's state goes through the same checkpoints: a killed functional run resumes

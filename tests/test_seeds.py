@@ -511,3 +511,30 @@ def test_lockstep_collection_and_evaluation_equal_each_seeds_own():
             alone = evaluate_policy(agents[i].policy, make_resumable_env("Hopper-v5", seed=20 + seed),
                                     3, max_steps=40)
             torch.testing.assert_close(returns[i], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_prefetching_group_resumes_exactly(tmp_path, monkeypatch):
+    """``finetune.prefetch_action`` in a group: every seed's next action is prefetched in the one
+    batched call, saved in the group checkpoint, and a killed group resumes exactly."""
+    def cfg_at(path):
+        cfg = group_cfg(path)
+        cfg.finetune.prefetch_action = True
+        return cfg
+
+    reference = runmod.run(cfg_at(tmp_path / "reference"))
+    cfg = cfg_at(tmp_path / "run")
+    original = seedsmod.SeedGroup.save
+
+    def save(self, ph, st, updates, **extra):
+        original(self, ph, st, updates, **extra)
+        if (ph, st) == ("finetune", CHECKPOINT_EVERY):
+            assert extra["pending_action"].shape == (len(SEEDS), 3)
+            raise _Kill(ph, st)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(seedsmod.SeedGroup, "save", save)
+        with pytest.raises(_Kill):
+            runmod.run(cfg)
+    resumed = runmod.run(cfg)
+    for a, b in zip(resumed.results, reference.results):
+        assert a.history == b.history

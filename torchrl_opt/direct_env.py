@@ -50,6 +50,7 @@ __all__ = [
     "DirectCollector",
     "DirectEnv",
     "DirectEnvError",
+    "HostAction",
     "direct_rollout_returns",
     "supports",
     "transition_batch",
@@ -235,6 +236,31 @@ def transition_batch(
     )
 
 
+class HostAction:
+    """An action on its way to the host: ``get()`` returns it as a CPU tensor.
+
+    On CUDA the copy goes to pinned memory without blocking and an event marks its end, so the host
+    only waits in :meth:`get` (for the policy's kernels, not for work queued after them).
+    """
+
+    def __init__(self, action: torch.Tensor) -> None:
+        action = action.detach()
+        self._event = None
+        if action.device.type == "cuda":
+            self._host = torch.empty(action.shape, dtype=action.dtype, pin_memory=True)
+            self._host.copy_(action, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = action.cpu()
+
+    def get(self) -> torch.Tensor:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        return self._host
+
+
 class DirectCollector:
     """``Collector(env, policy, frames_per_batch, total_frames=-1)`` on a :class:`DirectEnv`.
 
@@ -244,9 +270,16 @@ class DirectCollector:
         frames_per_batch: transitions per yielded batch ``[T]``.
         device: where batches (and the policy's input) live.
         exploration_type: the policy's exploration type (``RANDOM`` for fine-tuning).
+        prefetch: compute the next action right after each env step, before the caller's
+            updates run, and copy it to the host without waiting (:class:`HostAction`): with
+            asynchronous (CUDA, sync-free) updates, the next env step then overlaps them. The
+            action of step ``t + 1`` comes from the policy as it was before the updates that follow
+            step ``t`` (a one-step policy lag). Off by default (TorchRL's semantics).
 
     The env is reset at construction. Iterating never ends by itself (``total_frames=-1``); the
-    caller stops. :meth:`shutdown` exists for symmetry with TorchRL collectors.
+    caller stops. :meth:`pending_action` / :meth:`set_pending_action` save and restore a
+    prefetched action across a checkpoint. :meth:`shutdown` exists for symmetry with TorchRL
+    collectors.
     """
 
     def __init__(
@@ -257,6 +290,7 @@ class DirectCollector:
         frames_per_batch: int = 1,
         device: torch.device | str = "cpu",
         exploration_type: ExplorationType = ExplorationType.RANDOM,
+        prefetch: bool = False,
     ) -> None:
         if frames_per_batch < 1:
             raise ValueError(f"frames_per_batch must be >= 1, got {frames_per_batch}")
@@ -265,16 +299,36 @@ class DirectCollector:
         self.frames_per_batch = int(frames_per_batch)
         self.device = torch.device(device)
         self.exploration_type = exploration_type
+        self.prefetch = bool(prefetch)
         self._obs = self.direct.reset()
+        self._pending: HostAction | None = None
+        if self.prefetch:
+            with torch.no_grad(), set_exploration_type(self.exploration_type):
+                self._pending = self._act(self._obs)
+
+    def _act(self, obs: torch.Tensor) -> HostAction:
+        td = TensorDict({_OBSERVATION: obs.to(self.device)}, batch_size=[])
+        return HostAction(self.policy(td).get("action"))
 
     def _step(self) -> tuple[torch.Tensor, ...]:
         """One transition ``(obs, action, next_obs, reward, terminated, truncated)`` (CPU)."""
         obs = self._obs
-        td = TensorDict({_OBSERVATION: obs.to(self.device)}, batch_size=[])
-        action = self.policy(td).get("action").detach().cpu()
+        action = (self._pending if self.prefetch else self._act(obs)).get()
         next_obs, reward, terminated, truncated = self.direct.step(action)
         self._obs = self.direct.reset() if bool(terminated | truncated) else next_obs
+        if self.prefetch:
+            self._pending = self._act(self._obs)
         return obs, action, next_obs, reward, terminated, truncated
+
+    def pending_action(self) -> torch.Tensor | None:
+        """The prefetched action of the next step (CPU), ``None`` without prefetching."""
+        return None if self._pending is None else self._pending.get().clone()
+
+    def set_pending_action(self, action: torch.Tensor) -> None:
+        """Make ``action`` the next step's (restoring a checkpoint of a prefetching collector)."""
+        if not self.prefetch:
+            raise ValueError("set_pending_action needs a prefetching collector")
+        self._pending = HostAction(action.cpu())
 
     def __iter__(self) -> Iterator[TensorDictBase]:
         while True:

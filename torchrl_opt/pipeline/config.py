@@ -140,7 +140,12 @@ class KappaConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Phase 3: online fine-tuning. ``use_q_on=False`` is the vanilla fine-tuning baseline."""
+    """Phase 3: online fine-tuning. ``use_q_on=False`` is the vanilla fine-tuning baseline.
+
+    ``prefetch_action``: compute the next action right after each env step, before that step's
+    updates, so that stepping the env overlaps asynchronous GPU updates (a one-step policy lag;
+    needs direct env stepping, see ``acceleration.direct_env``). Off by default.
+    """
 
     env_steps: int = 275_000
     utd: int = 5
@@ -150,6 +155,7 @@ class FinetuneConfig:
     kappa: KappaConfig = field(default_factory=KappaConfig)
     density_lr: float = 3e-4
     temperature: float = 5.0
+    prefetch_action: bool = False
 
 
 @dataclass

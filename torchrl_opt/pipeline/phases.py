@@ -180,15 +180,27 @@ def make_step_collector(
     device: torch.device,
     exploration_type: ExplorationType = ExplorationType.RANDOM,
     direct: bool | None = None,
+    prefetch: bool = False,
 ):
     """A collector of one transition per iteration, forever (``frames_per_batch=1``,
     ``total_frames=-1``): what fine-tuning steps. The env is reset now (a pending resume snapshot is
     restored then). :class:`~torchrl_opt.direct_env.DirectCollector` when ``direct`` resolves to
     ``True`` (:func:`~torchrl_opt.direct_env.use_direct`), else TorchRL's ``Collector``; both yield
-    the same transitions."""
+    the same transitions. ``prefetch`` (the direct collector's one-step-ahead acting) needs
+    direct stepping.
+
+    Raises:
+        ValueError: ``prefetch`` without direct stepping.
+    """
     if use_direct(env, direct):
         return DirectCollector(
-            env, policy, frames_per_batch=1, device=device, exploration_type=exploration_type
+            env, policy, frames_per_batch=1, device=device, exploration_type=exploration_type,
+            prefetch=prefetch,
+        )
+    if prefetch:
+        raise ValueError(
+            "finetune.prefetch_action needs direct env stepping, which this env does not support "
+            f"(acceleration.direct_env={direct!r}); turn prefetching off"
         )
     return torchrl_collector(
         env, policy, frames_per_batch=1, total_frames=-1, device=device,

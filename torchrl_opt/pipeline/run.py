@@ -212,6 +212,11 @@ def validate(cfg: RunConfig) -> None:
         if value is not None and value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
     validate_seeds(cfg)
+    if cfg.finetune.prefetch_action and cfg.acceleration.direct_env is False:
+        raise ConfigError(
+            "finetune.prefetch_action=true needs direct env stepping, but "
+            "acceleration.direct_env=false"
+        )
     if cfg.finetune.replay == "online" and cfg.online_pretrain.n_tau == 0:
         raise ConfigError("finetune.replay='online' needs online_pretrain.n_tau > 0 to start sampling")
     if cfg.finetune.use_q_on and cfg.online_pretrain.steps > 0 and cfg.online_pretrain.n_tau == 0:
@@ -324,6 +329,24 @@ def load_dataset(cfg: RunConfig, device: torch.device) -> tuple[TensorDictBase, 
     if meta.ref_min_score is not None and meta.ref_max_score is not None:
         ref = (meta.ref_min_score, meta.ref_max_score)
     return data, cfg.env_id or meta.env_id or entry.env_id, ref
+
+
+def _collector_checkpoint(
+    collector: Any, env_snapshots: Callable[[], Any], state: dict | None
+) -> Callable[[], dict[str, Any]]:
+    """Restore a prefetching collector's pending action from ``state``; return the function that
+    gives a checkpoint's collector entries (``env`` snapshots, and ``pending_action``)."""
+    prefetching = getattr(collector, "prefetch", False)
+    if prefetching and state is not None:
+        collector.set_pending_action(state["pending_action"])
+
+    def entries() -> dict[str, Any]:
+        out: dict[str, Any] = {"env": env_snapshots()}
+        if prefetching:
+            out["pending_action"] = collector.pending_action()
+        return out
+
+    return entries
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
@@ -682,17 +705,20 @@ class RunContext:
         penalty = getattr(self.agent.finetune_loss, "actor_penalty", None)
         return penalty.step if penalty is not None and hasattr(penalty, "step") else None
 
-    def make_finetune_collector(self, state: dict | None) -> tuple[Any, Callable[[], Any]]:
-        """The fine-tuning collector (env seed ``seed + 2``, restored from ``state["env"]`` when
-        resuming) and a function returning the env snapshot a checkpoint stores."""
+    def make_finetune_collector(
+        self, state: dict | None
+    ) -> tuple[Any, Callable[[], dict[str, Any]]]:
+        """The fine-tuning collector (env seed ``seed + 2``, restored from ``state`` when
+        resuming) and a function returning what a checkpoint stores of it: ``{"env": snapshot}``,
+        and the prefetched action with ``finetune.prefetch_action``."""
         env = self.make_env(seed=self.cfg.seed + 2)
         if state is not None:
             env_restore_on_next_reset(env, state["env"])
         collector = make_step_collector(
             env, self.agent.exploration_policy(), device=self.device,
-            direct=self.cfg.acceleration.direct_env,
+            direct=self.cfg.acceleration.direct_env, prefetch=self.cfg.finetune.prefetch_action,
         )
-        return collector, lambda: env_snapshot(env)
+        return collector, _collector_checkpoint(collector, lambda: env_snapshot(env), state)
 
     def _offline_meta(self) -> dict[str, Any]:
         return json.loads(json.dumps({
@@ -822,7 +848,7 @@ class RunContext:
         density = self.make_finetune_density()
         if kappa is not None:
             self.attach_kappa(kappa)
-        collector, env_snapshots = self.make_finetune_collector(state)
+        collector, collector_state = self.make_finetune_collector(state)
         start, update_count = 0, 0
         if state is not None:
             # restore after the collector exists: its construction may draw random numbers
@@ -840,7 +866,7 @@ class RunContext:
             extra = {
                 "update_count": n_updates,
                 "replay": replay.state_dict(),
-                "env": env_snapshots(),
+                **collector_state(),
             }
             if kappa is not None:
                 extra["kappa"] = kappa.state_dict()

@@ -77,6 +77,7 @@ from torchrl_opt.pipeline.phases import collect_online
 from torchrl_opt.pipeline.run import (
     RunContext,
     RunResult,
+    _collector_checkpoint,
     _write_json_atomic,
     offline_checkpoint_path,
     prepare_data,
@@ -484,8 +485,10 @@ class SeedGroup(RunContext):
             collector = SeedLockstepCollector(
                 LockstepEnvs(envs, threads=self.cfg.acceleration.env_threads),
                 self._policy(explore=True), device=self.device,
+                prefetch=self.cfg.finetune.prefetch_action,
             )
-            return collector, lambda: [env_snapshot(env) for env in envs]
+            snapshots = lambda: [env_snapshot(env) for env in envs]  # noqa: E731
+            return collector, _collector_checkpoint(collector, snapshots, state)
         for env in envs:
             env.close()
         collectors, snapshots = [], []
@@ -495,7 +498,7 @@ class SeedGroup(RunContext):
             )
             collectors.append(collector)
             snapshots.append(snapshot)
-        return SeedCollectors(collectors), lambda: [snapshot() for snapshot in snapshots]
+        return SeedCollectors(collectors), lambda: {"env": [s()["env"] for s in snapshots]}
 
     # ------------------------------------------------------------------ summaries
     def finish(self) -> SeedGroupResult:
