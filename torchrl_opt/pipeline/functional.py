@@ -37,7 +37,10 @@ nests correctly: the outer seed vmap wraps ``to_module`` of the whole group, ins
 own ``_vmap_func`` (critic ensemble vmap with its own ``to_module``) runs as an inner vmap. Loss
 buffers that are not parameter groups (``kappa``, the discount ``gamma``, action bounds) are shared by
 all seeds and read from the template loss, so a :class:`~torchrl_opt.schedules.KappaSchedule`
-writing ``loss.kappa`` in place drives every seed.
+writing ``loss.kappa`` in place drives every seed. Sub-modules that hold per-seed networks outside
+the parameter groups (SPOT's penalty VAE) are stacked too (:func:`stack_module_states`) and swapped
+into the template's module for each seed's slice of the vmap. Every step that trains the same losses
+must share one :class:`SeedStack` (the stacked storage the losses' leaves are views of).
 """
 
 from __future__ import annotations

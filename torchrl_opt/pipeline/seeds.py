@@ -228,7 +228,7 @@ class SeedGroup(RunContext):
     seed's (the template whose code the batched steps run).
     """
 
-    def __init__(self, cfg: RunConfig) -> None:  # noqa: D107 (RunContext.__init__ is per seed)
+    def __init__(self, cfg: RunConfig) -> None:  # not RunContext.__init__: that one is per seed
         validate(cfg)
         if cfg.seeds is None:
             raise ConfigError("a seed-batched run needs seeds=[...]")
