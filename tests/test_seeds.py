@@ -206,6 +206,23 @@ class _Kill(Exception):
     pass
 
 
+def run_until_killed(cfg, monkeypatch, at=None, check=lambda extra: None) -> None:
+    """``run(cfg)`` killed right after the group checkpoint ``at = (phase, step)`` (the first one
+    when ``None``); ``check`` sees that checkpoint's extra entries."""
+    original = seedsmod.SeedGroup.save
+
+    def save(self, phase, step, updates, **extra):
+        original(self, phase, step, updates, **extra)
+        if at is None or (phase, step) == at:
+            check(extra)
+            raise _Kill(phase, step)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(seedsmod.SeedGroup, "save", save)
+        with pytest.raises(_Kill):
+            runmod.run(cfg)
+
+
 @pytest.mark.parametrize(
     "backbone,phase,step",
     [("td3", "offline", CHECKPOINT_EVERY), ("td3", "pretrain", 0),
@@ -217,17 +234,7 @@ def test_killed_group_resumes_exactly(backbone, phase, step, group_root, tmp_pat
     those of the uninterrupted group (noise on: the shared RNG is restored too)."""
     reference = reference_group(backbone, group_root, backbone=backbone)
     cfg = group_cfg(tmp_path / "run", backbone)
-    original = seedsmod.SeedGroup.save
-
-    def save(self, ph, st, updates, **extra):
-        original(self, ph, st, updates, **extra)
-        if (ph, st) == (phase, step):
-            raise _Kill(ph, st)
-
-    with monkeypatch.context() as mp:
-        mp.setattr(seedsmod.SeedGroup, "save", save)
-        with pytest.raises(_Kill):
-            runmod.run(cfg)
+    run_until_killed(cfg, monkeypatch, at=(phase, step))
     resumed = runmod.run(cfg)
     for a, b in zip(resumed.results, reference.results):
         assert a.history == b.history
@@ -238,16 +245,7 @@ def test_killed_group_resumes_exactly(backbone, phase, step, group_root, tmp_pat
 
 def test_resuming_with_other_seeds_is_refused(group_root, tmp_path, monkeypatch):
     cfg = group_cfg(tmp_path / "run")
-    original = seedsmod.SeedGroup.save
-
-    def save(self, ph, st, updates, **extra):
-        original(self, ph, st, updates, **extra)
-        raise _Kill(ph, st)
-
-    with monkeypatch.context() as mp:
-        mp.setattr(seedsmod.SeedGroup, "save", save)
-        with pytest.raises(_Kill):
-            runmod.run(cfg)
+    run_until_killed(cfg, monkeypatch)
     before = _tree_digest(tmp_path / "run")
     cfg.seeds = [3, 6]
     with pytest.raises(CheckpointMismatchError, match="seeds"):
@@ -523,18 +521,10 @@ def test_prefetching_group_resumes_exactly(tmp_path, monkeypatch):
 
     reference = runmod.run(cfg_at(tmp_path / "reference"))
     cfg = cfg_at(tmp_path / "run")
-    original = seedsmod.SeedGroup.save
-
-    def save(self, ph, st, updates, **extra):
-        original(self, ph, st, updates, **extra)
-        if (ph, st) == ("finetune", CHECKPOINT_EVERY):
-            assert extra["pending_action"].shape == (len(SEEDS), 3)
-            raise _Kill(ph, st)
-
-    with monkeypatch.context() as mp:
-        mp.setattr(seedsmod.SeedGroup, "save", save)
-        with pytest.raises(_Kill):
-            runmod.run(cfg)
+    seen = []
+    run_until_killed(cfg, monkeypatch, at=("finetune", CHECKPOINT_EVERY),
+                     check=lambda extra: seen.append(extra["pending_action"].shape))
+    assert seen == [(len(SEEDS), 3)]
     resumed = runmod.run(cfg)
     for a, b in zip(resumed.results, reference.results):
         assert a.history == b.history

@@ -51,6 +51,7 @@ __all__ = [
     "DirectEnv",
     "DirectEnvError",
     "HostAction",
+    "StepCollector",
     "direct_rollout_returns",
     "supports",
     "transition_batch",
@@ -261,7 +262,76 @@ class HostAction:
         return self._host
 
 
-class DirectCollector:
+class StepCollector:
+    """What the direct collectors share: acting now or one step ahead, ``[T]`` batches over time.
+
+    A subclass sets ``self._obs`` (the current observation(s), ``[obs_dim]`` or ``[S, obs_dim]``)
+    in its constructor, calls :meth:`_start`, and implements ``_env_step(action)``, which steps
+    its env(s), resets those that are done, and returns ``(next_obs, reward, terminated,
+    truncated)`` and the observation(s) to act on next. Batches stack the steps along
+    ``time_dim``.
+    """
+
+    time_dim = 0
+
+    def _start(
+        self,
+        policy,
+        *,
+        frames_per_batch: int,
+        device: torch.device | str,
+        exploration_type: ExplorationType,
+        prefetch: bool,
+    ) -> None:
+        if frames_per_batch < 1:
+            raise ValueError(f"frames_per_batch must be >= 1, got {frames_per_batch}")
+        self.policy = policy
+        self.frames_per_batch = int(frames_per_batch)
+        self.device = torch.device(device)
+        self.exploration_type = exploration_type
+        self.prefetch = bool(prefetch)
+        self._pending: HostAction | None = None
+        if self.prefetch:
+            with torch.no_grad(), set_exploration_type(self.exploration_type):
+                self._pending = self._act(self._obs)
+
+    def _act(self, obs: torch.Tensor) -> HostAction:
+        td = TensorDict({_OBSERVATION: obs.to(self.device)}, batch_size=obs.shape[:-1])
+        return HostAction(self.policy(td).get("action"))
+
+    def _step(self) -> tuple[torch.Tensor, ...]:
+        """One transition ``(obs, action, next_obs, reward, terminated, truncated)`` (CPU)."""
+        obs = self._obs
+        action = (self._pending if self.prefetch else self._act(obs)).get()
+        (next_obs, reward, terminated, truncated), self._obs = self._env_step(action)
+        if self.prefetch:
+            self._pending = self._act(self._obs)
+        return obs, action, next_obs, reward, terminated, truncated
+
+    def pending_action(self) -> torch.Tensor | None:
+        """The prefetched action(s) of the next step (CPU), ``None`` without prefetching."""
+        return None if self._pending is None else self._pending.get().clone()
+
+    def set_pending_action(self, action: torch.Tensor) -> None:
+        """Make ``action`` the next step's (restoring a checkpoint of a prefetching collector)."""
+        if not self.prefetch:
+            raise ValueError("set_pending_action needs a prefetching collector")
+        self._pending = HostAction(action.cpu())
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        while True:
+            with torch.no_grad(), set_exploration_type(self.exploration_type):
+                steps = [self._step() for _ in range(self.frames_per_batch)]
+            batch = transition_batch(
+                *(torch.stack(column, self.time_dim) for column in zip(*steps))
+            )
+            yield batch if self.device.type == "cpu" else batch.to(self.device)
+
+    def shutdown(self) -> None:
+        return None
+
+
+class DirectCollector(StepCollector):
     """``Collector(env, policy, frames_per_batch, total_frames=-1)`` on a :class:`DirectEnv`.
 
     Args:
@@ -292,53 +362,17 @@ class DirectCollector:
         exploration_type: ExplorationType = ExplorationType.RANDOM,
         prefetch: bool = False,
     ) -> None:
-        if frames_per_batch < 1:
-            raise ValueError(f"frames_per_batch must be >= 1, got {frames_per_batch}")
         self.direct = DirectEnv(env)
-        self.policy = policy
-        self.frames_per_batch = int(frames_per_batch)
-        self.device = torch.device(device)
-        self.exploration_type = exploration_type
-        self.prefetch = bool(prefetch)
         self._obs = self.direct.reset()
-        self._pending: HostAction | None = None
-        if self.prefetch:
-            with torch.no_grad(), set_exploration_type(self.exploration_type):
-                self._pending = self._act(self._obs)
+        self._start(
+            policy, frames_per_batch=frames_per_batch, device=device,
+            exploration_type=exploration_type, prefetch=prefetch,
+        )
 
-    def _act(self, obs: torch.Tensor) -> HostAction:
-        td = TensorDict({_OBSERVATION: obs.to(self.device)}, batch_size=[])
-        return HostAction(self.policy(td).get("action"))
-
-    def _step(self) -> tuple[torch.Tensor, ...]:
-        """One transition ``(obs, action, next_obs, reward, terminated, truncated)`` (CPU)."""
-        obs = self._obs
-        action = (self._pending if self.prefetch else self._act(obs)).get()
-        next_obs, reward, terminated, truncated = self.direct.step(action)
-        self._obs = self.direct.reset() if bool(terminated | truncated) else next_obs
-        if self.prefetch:
-            self._pending = self._act(self._obs)
-        return obs, action, next_obs, reward, terminated, truncated
-
-    def pending_action(self) -> torch.Tensor | None:
-        """The prefetched action of the next step (CPU), ``None`` without prefetching."""
-        return None if self._pending is None else self._pending.get().clone()
-
-    def set_pending_action(self, action: torch.Tensor) -> None:
-        """Make ``action`` the next step's (restoring a checkpoint of a prefetching collector)."""
-        if not self.prefetch:
-            raise ValueError("set_pending_action needs a prefetching collector")
-        self._pending = HostAction(action.cpu())
-
-    def __iter__(self) -> Iterator[TensorDictBase]:
-        while True:
-            with torch.no_grad(), set_exploration_type(self.exploration_type):
-                steps = [self._step() for _ in range(self.frames_per_batch)]
-            batch = transition_batch(*(torch.stack(column) for column in zip(*steps)))
-            yield batch if self.device.type == "cpu" else batch.to(self.device)
-
-    def shutdown(self) -> None:
-        return None
+    def _env_step(self, action: torch.Tensor):
+        result = self.direct.step(action)
+        next_obs, _, terminated, truncated = result
+        return result, self.direct.reset() if bool(terminated | truncated) else next_obs
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ to the float rounding of the batched matrix products.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -33,7 +33,7 @@ from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModuleBas
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_opt.direct_env import DirectEnv, HostAction, transition_batch
+from torchrl_opt.direct_env import DirectEnv, StepCollector
 
 __all__ = [
     "LockstepEnvs",
@@ -128,16 +128,18 @@ class LockstepEnvs:
             self._pool = None
 
 
-class SeedLockstepCollector:
+class SeedLockstepCollector(StepCollector):
     """Every seed's env and policy stepped together; yields ``[S, T]`` batches (time last).
 
     The envs are reset at construction (pending resume snapshots are restored then). Each step
     stacks the seeds' current observations, makes one :class:`SeedBatchedPolicy` call under
     ``exploration_type``, steps every env and resets those that are done. Batches hold TorchRL's
-    transition layout (see :class:`~torchrl_opt.direct_env.DirectCollector`, whose ``prefetch``
-    option this shares: the next actions of all seeds computed right after each step, before the
-    caller's updates).
+    transition layout; ``prefetch`` (all seeds' next actions computed right after each step, before
+    the caller's updates) and the pending-action checkpoint are those of
+    :class:`~torchrl_opt.direct_env.DirectCollector`.
     """
+
+    time_dim = 1
 
     def __init__(
         self,
@@ -149,28 +151,15 @@ class SeedLockstepCollector:
         exploration_type: ExplorationType = ExplorationType.RANDOM,
         prefetch: bool = False,
     ) -> None:
-        if frames_per_batch < 1:
-            raise ValueError(f"frames_per_batch must be >= 1, got {frames_per_batch}")
         self.envs = envs
-        self.policy = policy
-        self.frames_per_batch = int(frames_per_batch)
-        self.device = torch.device(device)
-        self.exploration_type = exploration_type
-        self.prefetch = bool(prefetch)
         self._all = list(range(len(envs)))
         self._obs = torch.stack(envs.reset(self._all))
-        self._pending: HostAction | None = None
-        if self.prefetch:
-            with torch.no_grad(), set_exploration_type(self.exploration_type):
-                self._pending = self._act(self._obs)
+        self._start(
+            policy, frames_per_batch=frames_per_batch, device=device,
+            exploration_type=exploration_type, prefetch=prefetch,
+        )
 
-    def _act(self, obs: torch.Tensor) -> HostAction:
-        td = TensorDict({_OBSERVATION: obs.to(self.device)}, batch_size=[len(self._all)])
-        return HostAction(self.policy(td).get("action"))
-
-    def _step(self) -> tuple[torch.Tensor, ...]:
-        obs = self._obs
-        action = (self._pending if self.prefetch else self._act(obs)).get()
+    def _env_step(self, action: torch.Tensor):
         results = self.envs.step(action, self._all)
         next_obs, reward, terminated, truncated = (torch.stack(c) for c in zip(*results))
         done = (terminated | truncated).squeeze(-1)
@@ -179,26 +168,7 @@ class SeedLockstepCollector:
         if finished:
             for i, reset_obs in zip(finished, self.envs.reset(finished)):
                 current[i] = reset_obs
-        self._obs = current
-        if self.prefetch:
-            self._pending = self._act(self._obs)
-        return obs, action, next_obs, reward, terminated, truncated
-
-    def pending_action(self) -> torch.Tensor | None:
-        """The prefetched actions ``[S, A]`` of the next step (CPU), ``None`` without prefetch."""
-        return None if self._pending is None else self._pending.get().clone()
-
-    def set_pending_action(self, action: torch.Tensor) -> None:
-        if not self.prefetch:
-            raise ValueError("set_pending_action needs a prefetching collector")
-        self._pending = HostAction(action.cpu())
-
-    def __iter__(self) -> Iterator[TensorDictBase]:
-        while True:
-            with torch.no_grad(), set_exploration_type(self.exploration_type):
-                steps = [self._step() for _ in range(self.frames_per_batch)]
-            batch = transition_batch(*(torch.stack(column, 1) for column in zip(*steps)))
-            yield batch if self.device.type == "cpu" else batch.to(self.device)
+        return (next_obs, reward, terminated, truncated), current
 
     def shutdown(self) -> None:
         self.envs.close()
