@@ -14,12 +14,12 @@ import contextlib
 
 import pytest
 import torch
-from _helpers import action_spec, transition_batch
+from _helpers import transition_batch
 from tensordict import TensorDict
+from test_compiled_updates import _agent as _compiled_agent
 
 from torchrl_opt.pipeline import cudagraph
-from torchrl_opt.pipeline.agents import make_agent
-from torchrl_opt.pipeline.config import BackboneConfig, OnlinePretrainConfig
+from torchrl_opt.pipeline.config import OnlinePretrainConfig
 from torchrl_opt.pipeline.cudagraph import CudaGraphStep, batch_spec, check_batch
 from torchrl_opt.pipeline.updates import (
     GRAPH_BACKENDS,
@@ -277,16 +277,8 @@ STEPS = 6  # warmup=1: one eager call, one capture + replay, then replays (actor
 
 
 def _agent(device, acceleration, *, name="td3"):
-    torch.manual_seed(0)
-    agent = make_agent(
-        BackboneConfig(name=name, hidden=[16, 16], vae_hidden=[16, 16]),
-        OBS,
-        action_spec().to(device),
-        device,
-        acceleration,
-    )
-    agent.build_finetune_loss(use_q_on=True, kappa=0.4)
-    return agent
+    """``test_compiled_updates``' agent (same sizes, seed and fine-tuning loss)."""
+    return _compiled_agent(name, device, acceleration, finetune=True)
 
 
 def _run(agent, kind, batches):

@@ -94,6 +94,7 @@ __all__ = [
     "PrioritiesNotSupportedError",
     "ReplayKeyError",
     "sumtree_layout",
+    "sumtree_shape",
     "sumtree_build",
     "sumtree_sample",
     "sumtree_update_",
@@ -163,6 +164,19 @@ def sumtree_layout(capacity: int, max_fanout: int = 32) -> tuple[int, int]:
     return fanout, depth
 
 
+def sumtree_shape(capacity: int, fanout: int | None = None) -> tuple[int, int]:
+    """``(fanout, depth)`` of a sum-tree over ``capacity`` leaves: :func:`sumtree_layout`'s choice,
+    or the smallest depth ``D`` with ``fanout**D >= capacity`` for a given ``fanout >= 2``."""
+    if fanout is None:
+        return sumtree_layout(capacity)
+    if fanout < 2:
+        raise ValueError(f"fanout must be >= 2, got {fanout}.")
+    depth = max(1, math.ceil(math.log(capacity) / math.log(fanout) - 1e-12))
+    while fanout**depth < capacity:
+        depth += 1
+    return fanout, depth
+
+
 def _tree_levels(numel: int, fanout: int) -> list[tuple[int, int]]:
     """``[(offset, size)]`` of each level (root first) of a flat tree with ``numel`` entries."""
     levels, offset, size = [], 0, 1
@@ -193,14 +207,7 @@ def sumtree_build(
             f"capacity must be >= max(1, len(priorities)); got capacity={capacity} for "
             f"{priorities.numel()} priorities."
         )
-    if fanout is None:
-        fanout, depth = sumtree_layout(capacity)
-    else:
-        if fanout < 2:
-            raise ValueError(f"fanout must be >= 2, got {fanout}.")
-        depth = max(1, math.ceil(math.log(capacity) / math.log(fanout) - 1e-12))
-        while fanout**depth < capacity:
-            depth += 1
+    fanout, depth = sumtree_shape(capacity, fanout)
     leaves = torch.zeros(fanout**depth, dtype=torch.float64, device=priorities.device)
     leaves[: priorities.numel()] = priorities.to(torch.float64)
     levels = [leaves]

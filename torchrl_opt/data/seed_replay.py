@@ -56,6 +56,7 @@ from torchrl_opt.data.replay import (
     _tree_levels,
     check_replay_inputs,
     sumtree_layout,
+    sumtree_shape,
     uniform_range_sample,
 )
 
@@ -93,14 +94,7 @@ def sumtree_build_batched(
         raise ValueError(
             f"capacity must be >= max(1, n); got capacity={capacity} for {n} priorities per row."
         )
-    if fanout is None:
-        fanout, depth = sumtree_layout(capacity)
-    else:
-        if fanout < 2:
-            raise ValueError(f"fanout must be >= 2, got {fanout}.")
-        depth = max(1, math.ceil(math.log(capacity) / math.log(fanout) - 1e-12))
-        while fanout**depth < capacity:
-            depth += 1
+    fanout, depth = sumtree_shape(capacity, fanout)
     leaves = torch.zeros(num, fanout**depth, dtype=torch.float64, device=priorities.device)
     leaves[:, :n] = priorities.to(torch.float64)
     levels = [leaves]
