@@ -1,11 +1,19 @@
 """Offline-dataset loading: round trips across sources, layout invariants, validation errors."""
 
+import os
+import re
+import shutil
+from pathlib import Path
+
 import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
+from torchrl.collectors import Collector
+
+import torchrl_opt.data as data_pkg
 
 from torchrl_opt.data.datasets import (
     ActionOutOfBoundsError,
@@ -21,7 +29,16 @@ from torchrl_opt.data.datasets import (
     make_offline_replay_buffer,
     validate_transitions,
 )
-from torchrl_opt.data.generate import collect_transitions, generate_dataset
+from torchrl_opt.data.generate import ensure_dataset, generate_dataset
+from torchrl_opt.data.replay import (
+    OPTIONAL_TRANSITION_KEYS,
+    TRANSITION_KEYS,
+    DensityRatioEstimator,
+    ReplayKeyError,
+    make_replay,
+)
+from torchrl_opt.data.seed_replay import make_seed_batched_replay
+from torchrl_opt.envs import make_env
 
 ENV_ID = "Hopper-v5"
 N = 300
@@ -37,9 +54,41 @@ def minari_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference():
-    """The same data generate_dataset writes, collected directly (uniform random, seed 0)."""
-    return collect_transitions(None, ENV_ID, N, seed=0, max_episode_steps=T_MAX, progress=False)
+def reference(hopper_id):
+    """The generated dataset as Minari stores it, flattened here by hand from Minari's own episode
+    API (independent of ``load_offline_data`` and of how ``generate_dataset`` collects)."""
+    import minari
+
+    cols: dict[str, list] = {k: [] for k in ("obs", "next", "act", "rew", "term", "trunc", "ep")}
+    for e, episode in enumerate(minari.load_dataset(hopper_id).iterate_episodes()):
+        steps = len(episode.rewards)
+        cols["obs"].append(episode.observations[:-1])
+        cols["next"].append(episode.observations[1:])
+        cols["act"].append(episode.actions)
+        cols["rew"].append(episode.rewards)
+        cols["term"].append(episode.terminations)
+        cols["trunc"].append(episode.truncations)
+        cols["ep"].append(np.full(steps, e))
+    cat = {k: np.concatenate(v) for k, v in cols.items()}
+    f32 = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    flag = lambda x: torch.as_tensor(x, dtype=torch.bool).reshape(-1, 1)  # noqa: E731
+    term, trunc = flag(cat["term"]), flag(cat["trunc"])
+    assert trunc[-1] or term[-1]  # the writer closes every episode
+    return TensorDict(
+        {
+            "observation": f32(cat["obs"]),
+            "action": f32(cat["act"]),
+            "episode": torch.as_tensor(cat["ep"], dtype=torch.int64),
+            "next": {
+                "observation": f32(cat["next"]),
+                "reward": f32(cat["rew"]).reshape(-1, 1),
+                "terminated": term,
+                "truncated": trunc,
+                "done": term | trunc,
+            },
+        },
+        batch_size=[len(cat["rew"])],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +405,127 @@ def test_spec_is_hydra_structured():
     cfg.obs_keys = ["observation"]
     spec_dict = OmegaConf.to_container(cfg)
     assert DatasetSpec(**spec_dict).obs_keys == ["observation"]
+
+
+# ------------------------------------------------------------------ datasets meet collectors
+FRAMES = 16
+LAYOUT = [*TRANSITION_KEYS, *OPTIONAL_TRANSITION_KEYS]
+
+
+@pytest.fixture(scope="module")
+def collector_batches():
+    """Three real ``torchrl.collectors.Collector`` batches of Hopper-v5 (random actions)."""
+    collector = Collector(make_env(ENV_ID, seed=0), None, frames_per_batch=FRAMES,
+                          total_frames=3 * FRAMES)
+    batches = [batch.clone() for batch in collector]
+    collector.shutdown()
+    return batches
+
+
+@pytest.mark.parametrize("strategy", ["balanced", "symmetric"])
+def test_collector_batches_extend_a_replay_built_from_load_offline_data(
+    hopper_id, collector_batches, strategy
+):
+    data = load_offline_data(hopper_id)
+    assert "episode" in data.keys()  # offline metadata that a Collector batch does not have
+    replay = make_replay(strategy, data, online_capacity=64, batch_size=32, seed=0)
+    for k, batch in enumerate(collector_batches):
+        assert ("collector", "traj_ids") in batch.keys(True) and "episode" not in batch.keys()
+        index = replay.extend(batch)  # as the Collector yields it: no column surgery
+        assert index.tolist() == list(range(N + k * FRAMES, N + (k + 1) * FRAMES))
+        stored = replay.data[index]
+        for key in LAYOUT:
+            assert torch.equal(stored[key], batch[key]), key
+    assert torch.any(torch.cat([b["next", "done"] for b in collector_batches]))  # resets inside
+    for key in LAYOUT:  # offline rows are the dataset's
+        assert torch.equal(replay.data[:N][key], data[key]), key
+    sample = replay.sample()
+    assert set(sample.keys(True, True)) == {*LAYOUT, "index", "is_online"}
+    assert torch.equal(sample["observation"], replay.data["observation"][sample["index"]])
+    assert torch.equal(sample["is_online"], sample["index"] >= N)
+    if strategy == "symmetric":
+        assert sample["is_online"].sum().item() == 16
+        return
+    # the density-ratio step on that sample: priorities land on its rows, the share moves
+    share_before = replay.online_share().item()
+    assert share_before == pytest.approx(3 * FRAMES / (N + 3 * FRAMES), abs=1e-12)
+    estimator = DensityRatioEstimator(11, 3, hidden=(16,))
+    offline, online = replay.sample_offline_online(32)
+    loss, priority = estimator.loss_and_priorities(offline, online, sample)
+    assert torch.isfinite(loss)
+    sample.set("td_error", priority)
+    replay.update_tensordict_priority(sample)
+    last = dict(zip(sample["index"].tolist(), priority.double().tolist()))  # duplicates: last
+    for row, p in last.items():
+        assert replay.sampler.priorities[row].item() == p
+    untouched = torch.ones(N + 3 * FRAMES, dtype=torch.bool)
+    untouched[list(last)] = False
+    assert torch.all(replay.sampler.priorities[: N + 3 * FRAMES][untouched] == 1.0)
+    online_mass = sum(p for row, p in last.items() if row >= N) + (
+        3 * FRAMES - sum(1 for row in last if row >= N)
+    )
+    total = sum(last.values()) + untouched.sum().item()
+    assert replay.online_share().item() == pytest.approx(online_mass / total, rel=1e-12)
+
+
+def test_offline_columns_kept_for_collector_batches_need_a_fill(hopper_id, collector_batches):
+    data = load_offline_data(hopper_id)
+    batch = collector_batches[0]
+    strict = make_replay("uniform", data, 64, 32, seed=0, extra_keys=["episode"])
+    with pytest.raises(ReplayKeyError, match=r"\['episode'\].*online_fill"):
+        strict.extend(batch)
+    replay = make_replay("uniform", data, 64, 32, seed=0, online_fill={"episode": -1})
+    replay.extend(batch)
+    assert torch.equal(replay.data["episode"][:N], data["episode"])
+    assert torch.all(replay.data["episode"][N : N + FRAMES] == -1)
+    # the seed-batched replay takes stacked Collector batches the same way
+    seeded = make_seed_batched_replay("balanced", data, 2, 64, 32, seeds=[0, 1],
+                                      online_fill={"episode": -1})
+    seeded.extend(torch.stack(collector_batches[:2]))
+    for i in range(2):
+        for key in LAYOUT:
+            assert torch.equal(seeded.online_data[i, :FRAMES][key], collector_batches[i][key])
+    assert torch.all(seeded.online_data["episode"][:, :FRAMES] == -1)
+    torch.testing.assert_close(
+        seeded.online_share(),
+        torch.full((2,), FRAMES / (N + FRAMES), dtype=torch.float64), rtol=1e-12, atol=0,
+    )
+
+
+# ------------------------------------------------------------------ the data guide
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+
+
+def test_data_guide_names_import_from_torchrl_opt_data():
+    text = DOCS.read_text()
+    errors = set(re.findall(r"`(\w+Error)`", text))
+    assert {"DatasetFormatError", "ActionOutOfBoundsError", "PrioritiesNotSupportedError",
+            "ReplayKeyError"} <= errors
+    for name in errors:
+        assert issubclass(getattr(data_pkg, name), Exception), name
+    for name in ("DatasetSpec", "load_offline_data", "dataset_metadata", "ensure_dataset",
+                 "generate_dataset", "TASKS", "get_dataset_entry", "normalized_score",
+                 "D4RL_REF_SCORES", "make_replay", "MixedReplayBuffer", "DensityRatioEstimator",
+                 "make_seed_batched_replay", "TRANSITION_KEYS", "OPTIONAL_TRANSITION_KEYS"):
+        assert re.search(rf"\b{name}\b", text), name
+        assert name in data_pkg.__all__ and hasattr(data_pkg, name), name
+    assert data_pkg.ensure_dataset is ensure_dataset  # the lazy export is the real function
+    assert issubclass(data_pkg.ActionOutOfBoundsError, data_pkg.SpaceMismatchError)
+
+
+def test_data_guide_python_blocks_run(monkeypatch):
+    """The guide's python blocks run in order in one namespace (it builds a 2000-row dataset)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", DOCS.read_text(), flags=re.M | re.S)
+    assert len(blocks) >= 7
+    monkeypatch.setenv("MINARI_DATASETS_PATH", "unset-by-the-guide")  # restored afterwards
+    namespace: dict = {"__name__": "docs_data_md"}
+    try:
+        for i, code in enumerate(blocks):
+            exec(compile(code, f"docs/data.md python block {i}", "exec"), namespace)
+    finally:
+        root = os.environ["MINARI_DATASETS_PATH"]
+        if root != "unset-by-the-guide":
+            shutil.rmtree(root, ignore_errors=True)
+    replay = namespace["replay"]
+    assert replay.num_online == 100 and replay.strategy == "balanced"
+    assert len(namespace["shares"]) == 21

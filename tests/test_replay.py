@@ -9,9 +9,12 @@ import pytest
 import torch
 from scipy import stats
 from tensordict import TensorDict
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchrl_opt.data.replay import (
+    OPTIONAL_TRANSITION_KEYS,
     REPLAY_STRATEGIES,
+    TRANSITION_KEYS,
     BalancedSampler,
     DensityRatioEstimator,
     EmptyOnlineBufferError,
@@ -448,6 +451,191 @@ def test_estimator_separates_shifted_gaussians_and_feeds_priorities(one_thread):
         p_off = density_ratio_priority(w_off, w_off)
     assert w_on.mean() > 3 * w_off.mean()
     assert p_on.median() > 1.5 * p_off.median()
-    # the balanced buffer now over-samples online rows relative to their 20 % share
-    frac = torch.cat([replay.sample()["is_online"] for _ in range(20)]).float().mean()
-    assert frac > 0.3
+    # the balanced buffer now over-samples online rows relative to their 20 % share, and
+    # online_share() predicts the sampled fraction (2560 draws: 5 sigma is about 0.05)
+    share = replay.online_share().item()
+    frac = torch.cat([replay.sample()["is_online"] for _ in range(20)]).float().mean().item()
+    assert frac > 0.3 and share > 0.3
+    assert abs(frac - share) < 5 * math.sqrt(share * (1 - share) / 2560)
+
+
+# ----------------------------------------------------------------- stored columns and fill values
+def with_metadata(td: TensorDict, first_episode: int = 0) -> TensorDict:
+    """``td`` plus offline-only columns: ``episode`` (int64, 3 rows per episode) and ``mc_return``."""
+    n = td.shape[0]
+    td = td.clone()
+    td["episode"] = torch.arange(n) // 3 + first_episode
+    td["mc_return"] = torch.linspace(-1.0, 1.0, n).unsqueeze(-1)
+    return td
+
+
+def test_default_storage_is_the_transition_layout_and_drops_offline_only_columns():
+    replay = make_replay("uniform", with_metadata(transitions(10)), 20, 4, seed=0)
+    assert replay.storage_keys == [*TRANSITION_KEYS, *OPTIONAL_TRANSITION_KEYS]
+    assert "episode" not in replay.data.keys() and "mc_return" not in replay.data.keys()
+    replay.extend(transitions(5, start=10))  # online rows have no episode / mc_return
+    batch = replay.sample()
+    assert "episode" not in batch.keys() and "mc_return" not in batch.keys()
+    # without next/truncated in the offline data it is not stored (nor required online)
+    lean = make_replay("uniform", transitions(10).exclude(("next", "truncated")), 5, 4, seed=0)
+    assert lean.storage_keys == list(TRANSITION_KEYS)
+    lean.extend(transitions(2, start=10).exclude(("next", "truncated")))
+
+
+def test_extra_keys_need_online_values_and_online_fill_supplies_them():
+    offline = with_metadata(transitions(9))
+    strict = make_replay("uniform", offline, 10, 4, seed=0, extra_keys=["episode"])
+    with pytest.raises(ReplayKeyError, match=r"\['episode'\].*online_fill"):
+        strict.extend(transitions(2, start=9))
+    assert strict.num_online == 0
+    strict.extend(with_metadata(transitions(3, start=9), first_episode=50))  # batch has it
+    assert strict.data["episode"][9:12].tolist() == [50, 50, 50]
+
+    replay = make_replay(
+        "balanced", offline, 10, 4, seed=0,
+        online_fill={"episode": -1, "mc_return": float("-inf")},
+    )
+    assert replay.storage_keys[-2:] == ["episode", "mc_return"]
+    replay.extend(transitions(4, start=9))
+    replay.extend(with_metadata(transitions(3, start=13)))  # its own values win over the fill
+    data = replay.data
+    assert data["episode"].dtype == torch.int64 and data["mc_return"].shape == (19, 1)
+    assert torch.equal(data["episode"][:9], offline["episode"])
+    assert data["episode"][9:13].tolist() == [-1] * 4 and data["episode"][13:16].tolist() == [0] * 3
+    assert torch.equal(data["mc_return"][:9], offline["mc_return"])
+    assert torch.all(data["mc_return"][9:13] == float("-inf"))
+    assert torch.equal(data["mc_return"][13:16], torch.linspace(-1.0, 1.0, 3).unsqueeze(-1))
+    batch = replay.sample()
+    online = batch["is_online"] & (batch["index"] < 13)
+    assert torch.all(batch["episode"][online] == -1)
+    # add() goes through the same rules
+    index = replay.add(transitions(1, start=16)[0])
+    assert index.ndim == 0 and index.item() == 16 and replay.data["episode"][16].item() == -1
+
+
+def test_online_fill_validation():
+    offline = with_metadata(transitions(6))
+    with pytest.raises(ReplayKeyError, match="'mc_retrun'"):
+        make_replay("uniform", offline, 4, 2, online_fill={"mc_retrun": 0.0})
+    with pytest.raises(ReplayKeyError, match="'step'"):
+        make_replay("uniform", offline, 4, 2, extra_keys=["step"])
+    with pytest.raises(ValueError, match="int64"):
+        make_replay("uniform", offline, 4, 2, online_fill={"episode": float("-inf")})
+    with pytest.raises(ValueError, match="int64"):
+        make_replay("uniform", offline, 4, 2, online_fill={"episode": 0.5})
+    with pytest.raises(ValueError, match="feature shape"):
+        make_replay("uniform", offline, 4, 2, online_fill={"mc_return": torch.zeros(3)})
+    # nested keys and per-feature fills: ("next", "truncated") given for online rows lacking it
+    replay = make_replay(
+        "uniform", offline, 4, 2, online_fill={("next", "truncated"): True,
+                                               "observation": torch.tensor([7.0, 8.0, 9.0])}
+    )
+    replay.extend(transitions(2, start=6).exclude(("next", "truncated"), "observation"))
+    assert torch.all(replay.data["next", "truncated"][6:8])
+    assert replay.data["observation"][6:8].tolist() == [[7.0, 8.0, 9.0]] * 2
+
+
+# ------------------------------------------------------------------------------ priorities
+def test_update_tensordict_priority_equals_update_priority():
+    offline = transitions(30)
+    by_index = make_replay("balanced", offline, 20, 8, seed=4)
+    by_td = make_replay("balanced", offline, 20, 8, seed=4)
+    custom = make_replay("balanced", offline, 20, 8, seed=4, priority_key=("meta", "p"))
+    for replay in (by_index, by_td, custom):
+        replay.extend(transitions(10, start=30))
+    for step in range(3):
+        a, b, c = by_index.sample(), by_td.sample(), custom.sample()
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["index"], c["index"])
+        priority = 0.25 + (a["observation"][:, 1].abs().double() + step) % 3
+        by_index.update_priority(a["index"], priority)
+        b.set("td_error", priority.unsqueeze(-1))  # [B, 1] (a trailing dim is reduced)
+        by_td.update_tensordict_priority(b)
+        c.set(("meta", "p"), priority)
+        custom.update_tensordict_priority(c)
+        assert torch.equal(by_td.sampler.tree, by_index.sampler.tree)
+        assert torch.equal(custom.sampler.tree, by_index.sampler.tree)
+    assert by_td.sampler.max_priority.item() == by_index.sampler.max_priority.item()
+    # trailing dims (one TD error per critic) are max-reduced, TorchRL's default reduction
+    batch = by_td.sample()
+    per_critic = torch.stack([torch.full((8,), 0.5), torch.arange(1, 9).double()], -1)
+    batch.set("td_error", per_critic)
+    by_td.update_tensordict_priority(batch)
+    expected = torch.maximum(torch.full((8,), 0.5), torch.arange(1, 9).double())
+    assert torch.equal(by_td.sampler.priorities[batch["index"][-1]], expected[-1])
+    last = {i: p for i, p in zip(batch["index"].tolist(), expected.tolist())}  # duplicates: last
+    for i, p in last.items():
+        assert by_td.sampler.priorities[i].item() == p
+    with pytest.raises(ReplayKeyError, match="td_error"):
+        by_td.update_tensordict_priority(by_td.sample())
+    with pytest.raises(ReplayKeyError, match="index"):
+        by_td.update_tensordict_priority(TensorDict({"td_error": torch.ones(3)}, [3]))
+    with pytest.raises(ValueError, match="shape"):
+        by_td.update_tensordict_priority(
+            TensorDict({"index": torch.arange(8), "td_error": torch.ones(4)}, [])
+        )
+
+
+@pytest.mark.parametrize("strategy", ["symmetric", "online", "uniform"])
+def test_priority_updates_raise_on_strategies_without_priorities(strategy):
+    replay = make_replay(strategy, transitions(10), online_capacity=5, batch_size=4, seed=0)
+    replay.extend(transitions(3, start=10))
+    batch = replay.sample()
+    batch.set("td_error", torch.ones(4))
+    with pytest.raises(PrioritiesNotSupportedError, match=f"'{strategy}'"):
+        replay.update_tensordict_priority(batch)
+    with pytest.raises(PrioritiesNotSupportedError, match=f"'{strategy}'"):
+        replay.update_priority(batch["index"], batch["td_error"])
+
+
+# ------------------------------------------------------------------------------ online share
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_balanced_online_share_by_hand():
+    replay = make_replay("balanced", transitions(6), online_capacity=10, batch_size=4, seed=0)
+    share = replay.online_share()
+    assert share.shape == () and share.dtype == torch.float64 and share.item() == 0.0
+    replay.extend(transitions(2, start=6))  # priorities: 6 x 1 offline, 2 x 1 online
+    assert replay.online_share().item() == pytest.approx(2 / 8, abs=1e-15)
+    replay.update_priority(torch.tensor([0, 6, 7]), torch.tensor([0.5, 4.0, 2.0]))
+    # offline 0.5 + 5 x 1 = 5.5, online 4 + 2 = 6
+    assert replay.online_share().item() == pytest.approx(6 / 11.5, abs=1e-15)
+    replay.extend(transitions(3, start=8))  # three more online rows at the running max 4
+    assert replay.online_share().item() == pytest.approx(18 / 23.5, abs=1e-15)
+    replay.update_priority(torch.tensor([1, 2, 3, 4, 5]), torch.tensor(1e3))
+    assert replay.online_share().item() == pytest.approx(18 / (5000.5 + 18), abs=1e-15)
+    with _OpCounter() as counter:
+        replay.online_share()
+    assert "aten._local_scalar_dense.default" not in counter.ops  # no .item(): no host sync
+    assert torch.equal(replay.online_share(), replay.sampler.online_share())
+
+
+def test_online_share_of_the_other_strategies_by_construction():
+    def build(strategy, **kwargs):
+        return make_replay(strategy, transitions(10), online_capacity=10, batch_size=9, seed=0,
+                           **kwargs)
+
+    replays = {
+        "symmetric": build("symmetric"),  # round(0.5 * 9) = 4 offline rows, 5 online
+        "third": build("symmetric", offline_fraction=1 / 3),  # 3 offline, 6 online
+        "online": build("online"),
+        "uniform": build("uniform"),
+    }
+    for replay in replays.values():
+        assert replay.online_share().item() == 0.0  # nothing online yet
+        replay.extend(transitions(4, start=10))
+    expected = {"symmetric": 5 / 9, "third": 6 / 9, "online": 1.0, "uniform": 4 / 14}
+    for name, replay in replays.items():
+        share = replay.online_share()
+        assert share.shape == () and share.dtype == torch.float64
+        assert share.item() == pytest.approx(expected[name], abs=1e-15), name
+        frac = replay.sample()["is_online"].double().mean().item()
+        if name != "uniform":  # exact per batch for the fixed compositions
+            assert frac == pytest.approx(expected[name], abs=1e-15), name

@@ -231,6 +231,11 @@ def test_each_seed_equals_its_own_make_replay(strategy, kwargs):
             for i, single in enumerate(singles):
                 single.update_priority(index[i], priority[i])
             _check_balanced_state(batched, singles)
+        # each seed's online share is its single replay's (by construction or from its tree)
+        torch.testing.assert_close(
+            batched.online_share(), torch.stack([r.online_share() for r in singles]),
+            rtol=1e-12, atol=0,
+        )
     assert n_checked == 6
     # storage content agrees with each single buffer's filled rows (TorchRL also stores "index")
     for i, single in enumerate(singles):
@@ -487,3 +492,67 @@ def test_zero_online_capacity_and_single_seed():
     assert_td_equal(replay.sample()[0], single.sample())
     with pytest.raises(ReplayCapacityError):
         replay.extend(seed_transitions(1, 1, 100))
+
+
+# ----------------------------------------------------------------------------- columns / priority
+def test_offline_only_columns_are_not_stored_unless_filled():
+    offline = transitions(N_OFF)
+    offline["episode"] = torch.arange(N_OFF) // 4
+    plain = make_seed_batched_replay("uniform", offline, 2, CAP, BATCH, seeds=[1, 2])
+    assert "episode" not in plain.storage_keys
+    plain.extend(seed_transitions(2, 3, 100))  # online rows have no episode column
+    assert "episode" not in plain.sample().keys()
+    with pytest.raises(ReplayKeyError, match="online_fill"):
+        make_seed_batched_replay(
+            "uniform", offline, 2, CAP, BATCH, seeds=[1, 2], extra_keys=["episode"]
+        ).extend(seed_transitions(2, 3, 100))
+    filled = make_seed_batched_replay(
+        "balanced", offline, 2, CAP, BATCH, seeds=[1, 2], online_fill={"episode": -1}
+    )
+    filled.extend(seed_transitions(2, 3, 100))
+    assert torch.equal(filled.offline_data["episode"], offline["episode"])
+    assert torch.all(filled.online_data["episode"][:, :3] == -1)
+    batch = filled.sample(200)
+    assert torch.all(batch["episode"][batch["is_online"]] == -1)
+    off = ~batch["is_online"]
+    assert torch.equal(batch["episode"][off], batch["index"][off] // 4)
+
+
+def test_update_tensordict_priority_equals_update_priority_and_online_share_by_hand():
+    a, b = build("balanced"), build("balanced")
+    for replay in (a, b):
+        replay.extend(seed_transitions(3, 4, 100))
+    # seed i: N_OFF rows at 1 and 4 online rows at 1 -> 4 / 44
+    torch.testing.assert_close(
+        a.online_share(), torch.full((3,), 4 / 44, dtype=torch.float64), rtol=1e-15, atol=0
+    )
+    sa, sb = a.sample(), b.sample()
+    assert torch.equal(sa["index"], sb["index"])
+    priority = _priorities(sa, 0)
+    a.update_priority(sa["index"], priority)
+    sb.set("td_error", priority.unsqueeze(-1))  # [S, B, 1]
+    b.update_tensordict_priority(sb)
+    assert torch.equal(a.trees, b.trees) and torch.equal(a.max_priority, b.max_priority)
+    # hand computation of the share after writing known priorities: seed i's online rows get
+    # i + 2 each, its offline row 0 gets 0.5
+    c = build("balanced")
+    c.extend(seed_transitions(3, 4, 100))
+    online_rows = torch.arange(N_OFF, N_OFF + 4).expand(3, 4)
+    c.update_priority(online_rows, torch.tensor([[2.0], [3.0], [4.0]]))
+    c.update_priority(torch.zeros(3, 1, dtype=torch.long), 0.5)
+    expected = torch.tensor([8 / (39.5 + 8), 12 / (39.5 + 12), 16 / (39.5 + 16)], dtype=torch.float64)
+    torch.testing.assert_close(c.online_share(), expected, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "symmetric", "online"])
+def test_update_tensordict_priority_rejected_without_priorities(strategy):
+    replay = build(strategy)
+    replay.extend(seed_transitions(3, 2, 100))
+    batch = replay.sample()
+    batch.set("td_error", torch.ones(3, BATCH))
+    with pytest.raises(PrioritiesNotSupportedError, match=f"'{strategy}'"):
+        replay.update_tensordict_priority(batch)
+    expected = {"uniform": 2 / (N_OFF + 2), "symmetric": 0.5, "online": 1.0}[strategy]
+    torch.testing.assert_close(
+        replay.online_share(), torch.full((3,), expected, dtype=torch.float64), rtol=1e-15, atol=0
+    )

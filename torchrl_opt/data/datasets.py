@@ -12,7 +12,12 @@ Three sources, one output. :func:`load_offline_data` returns a flat ``TensorDict
     next/truncated         bool    [N, 1]     (time limit or cut: bootstrap from next/observation)
     next/done              bool    [N, 1]     (terminated | truncated)
 
-and :func:`make_offline_replay_buffer` wraps it in a TorchRL ``TensorDictReplayBuffer`` whose
+``episode`` numbers the dataset's episodes (a new id after every ``next/done`` row); it is
+offline metadata, not part of the transition layout: :func:`~torchrl_opt.data.replay.make_replay`
+does not store it (so online batches, e.g. a ``torchrl.collectors.Collector``'s, need not carry
+it) unless asked with ``extra_keys=["episode"]`` or ``online_fill={"episode": -1}``.
+
+:func:`make_offline_replay_buffer` wraps the data in a TorchRL ``TensorDictReplayBuffer`` whose
 ``LazyTensorStorage`` lives on the requested device. Sources (:class:`DatasetSpec` ``source``):
 
 * ``"minari"``: a Minari dataset id (``"D4RL/pen/cloned-v2"``), downloaded through Minari's own
@@ -810,6 +815,12 @@ def load_offline_data(
             specs, e.g. ``env.observation_spec``); default: the env's (``spec.env_id`` or the
             dataset's env), or the dataset's declared spaces when the env is not installed.
         **overrides: replace fields of ``spec``.
+
+    Returns:
+        ``[N]`` TensorDict with ``observation``, ``action`` (float32), ``episode`` (int64 episode
+        id, offline metadata that replays do not store by default) and ``next/observation``,
+        ``next/reward`` (float32, ``[N, 1]``), ``next/terminated``, ``next/truncated``,
+        ``next/done`` (bool, ``[N, 1]``): see the module docstring.
 
     Raises:
         UnknownDatasetError, DatasetFormatError, SpaceMismatchError, ActionOutOfBoundsError,

@@ -18,9 +18,9 @@ online        uniform over the online rows only ("Online Replay", the paper's Ta
 uniform       uniform over all filled rows (offline and online together).
 ============  ===============================================================================
 
-Every sampled batch is a flat TensorDict in TorchRL's transition layout plus ``"index"`` (row in
-the storage, what :meth:`MixedReplayBuffer.update_priority` takes) and ``"is_online"``
-(``index >= N``).
+Every sampled batch is a flat TensorDict of the stored columns (TorchRL's transition layout, plus
+the ``extra_keys`` / ``online_fill`` columns asked for) plus ``"index"`` (row in the storage, what
+:meth:`MixedReplayBuffer.update_priority` takes) and ``"is_online"`` (``index >= N``).
 
 **Device and CUDA graphs.** Storage, priorities and the sampler's own ``torch.Generator`` all live
 on the training device; sampling and priority updates are tensor ops without host syncs. For a
@@ -65,20 +65,31 @@ both must have exactly the same keys (e.g. a Minari/``TensorDictReplayBuffer`` o
 carries ``"index"`` while its plain online ``ReplayBuffer`` batch does not, and collector outputs
 carry extra keys such as ``"collector"``), silently falls back to offline-only batches while the
 online buffer is empty, keeps its online storage on CPU unless given one, and has no
-``state_dict``/generator to restore. :class:`MixedReplayBuffer` instead selects the offline keys
-from every online batch (missing keys raise :class:`ReplayKeyError`) and raises
+``state_dict``/generator to restore. :class:`MixedReplayBuffer` instead stores one fixed set of
+columns (:func:`resolve_storage_layout`: the transition layout plus the columns asked for with
+``extra_keys`` / ``online_fill``), selects them from every online batch (a missing one raises
+:class:`ReplayKeyError`, unless ``online_fill`` gives online rows a constant for it) and raises
 :class:`EmptyOnlineBufferError` when a strategy needs online rows that do not exist yet.
+
+**Priorities and the online share.** Only ``balanced`` has priorities: ``update_priority`` and
+``update_tensordict_priority`` (TorchRL's interface: ``"index"`` and the ``priority_key``,
+``"td_error"`` by default) raise :class:`PrioritiesNotSupportedError` on the other strategies
+instead of doing nothing. ``online_share()`` is the probability that a sampled row is online
+(balanced: the online rows' share of the total priority), the quantity to watch under balanced
+replay, where it grows as online rows enter at the running max priority and the density ratio
+rises on online-like rows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from tensordict import TensorDictBase
+from tensordict.utils import NestedKey, unravel_key
 from torch import nn
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers import Sampler
@@ -89,6 +100,8 @@ from torchrl_opt.models import mlp
 __all__ = [
     "REPLAY_STRATEGIES",
     "ReplayStrategy",
+    "TRANSITION_KEYS",
+    "OPTIONAL_TRANSITION_KEYS",
     "ReplayCapacityError",
     "EmptyOnlineBufferError",
     "PrioritiesNotSupportedError",
@@ -106,6 +119,8 @@ __all__ = [
     "UniformSampler",
     "MixedReplayBuffer",
     "check_replay_inputs",
+    "resolve_storage_layout",
+    "select_storage_keys",
     "make_replay",
     "density_ratio_loss",
     "density_ratio_priority",
@@ -115,7 +130,8 @@ __all__ = [
 ReplayStrategy = Literal["balanced", "symmetric", "online", "uniform"]
 REPLAY_STRATEGIES: tuple[str, ...] = ("balanced", "symmetric", "online", "uniform")
 
-#: Keys every offline/online transition must carry (TorchRL transition layout).
+#: Keys every offline/online transition must carry (TorchRL transition layout); a replay
+#: always stores them.
 TRANSITION_KEYS: tuple[Any, ...] = (
     "observation",
     "action",
@@ -124,6 +140,10 @@ TRANSITION_KEYS: tuple[Any, ...] = (
     ("next", "done"),
     ("next", "terminated"),
 )
+
+#: Layout keys a replay also stores when the offline data have them (online batches must then
+#: carry them too, as TorchRL collectors' batches do).
+OPTIONAL_TRANSITION_KEYS: tuple[Any, ...] = (("next", "truncated"),)
 
 
 class ReplayCapacityError(RuntimeError):
@@ -135,11 +155,15 @@ class EmptyOnlineBufferError(RuntimeError):
 
 
 class PrioritiesNotSupportedError(TypeError):
-    """Raised by ``update_priority`` on strategies that do not sample by priority."""
+    """Raised by ``update_priority`` / ``update_tensordict_priority`` (and ``priorities``-like
+    accessors) on strategies that do not sample by priority (all but ``"balanced"``)."""
 
 
 class ReplayKeyError(KeyError):
     """Raised when a transition batch lacks keys of the storage layout."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------------------
@@ -458,6 +482,19 @@ class BalancedSampler(OfflineOnlineSampler):
         leaves = self.fanout**self.depth
         return self.tree[self.tree.shape[0] - leaves :][: self.capacity]
 
+    def online_share(self) -> torch.Tensor:
+        """Sampling mass on online rows: ``sum_{i >= N} p_i / sum_j p_j`` (0-dim float64 tensor on
+        :attr:`device`, no host sync; 0 while the tree is empty).
+
+        It is the probability that a sampled row is online. Under balanced replay it grows during
+        fine-tuning: online rows enter at the running max priority and the density ratio
+        ``w(s, a)`` (hence the priority) rises on online-like rows.
+        """
+        leaves = self.priorities
+        online = leaves[self.offline_size :].sum()
+        total = self.tree[0]
+        return online / torch.where(total > 0, total, torch.ones_like(total))
+
     def add(self, index: int) -> None:
         self.extend(torch.as_tensor([index]))
 
@@ -633,23 +670,135 @@ def check_replay_inputs(
         raise ReplayKeyError(f"offline data lack transition keys {missing}.")
 
 
+def resolve_storage_layout(
+    offline: TensorDictBase,
+    extra_keys: Sequence[NestedKey] = (),
+    online_fill: Mapping[NestedKey, Any] | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[list[NestedKey], dict[NestedKey, torch.Tensor]]:
+    """The columns a replay over ``offline`` stores, and the values online rows get for some.
+
+    Stored keys, in order and without duplicates: :data:`TRANSITION_KEYS`, the
+    :data:`OPTIONAL_TRANSITION_KEYS` the offline data have (``("next", "truncated")``),
+    ``extra_keys``, then the keys of ``online_fill``. Every other offline column (e.g. the
+    ``"episode"`` ids of :func:`~torchrl_opt.data.datasets.load_offline_data`) is not stored, so
+    online batches (e.g. a ``torchrl.collectors.Collector``'s) need not carry it.
+
+    ``online_fill[key]`` is the constant stored for online rows whose batch lacks ``key`` (a
+    batch that has the column keeps its own values), e.g. ``{"episode": -1}`` or, for Cal-QL's
+    Monte Carlo returns, ``{"mc_return": float("-inf")}`` (``max(Q, -inf) = Q``: no bound on
+    online rows). It is cast to the column's dtype and broadcast to its feature shape
+    ``offline[key].shape[1:]``.
+
+    Returns:
+        ``(keys, fill)``: the stored keys and the fill tensors (feature-shaped, on ``device``).
+
+    Raises:
+        ReplayKeyError: an ``extra_keys`` / ``online_fill`` key that the offline data lack.
+        ValueError: a fill value that does not broadcast to the column's feature shape or is not
+            representable in its dtype (e.g. ``-inf`` or ``0.5`` for an int64 column).
+    """
+    offline_keys = [unravel_key(k) for k in offline.keys(True, True)]
+    fill_in = {unravel_key(k): v for k, v in (online_fill or {}).items()}
+    wanted = [unravel_key(k) for k in extra_keys] + list(fill_in)
+    unknown = [k for k in wanted if k not in offline_keys]
+    if unknown:
+        raise ReplayKeyError(
+            f"extra_keys/online_fill name {unknown}, which the offline data lack; the offline "
+            f"data have {offline_keys}."
+        )
+    keys: list[NestedKey] = list(TRANSITION_KEYS)
+    keys += [k for k in OPTIONAL_TRANSITION_KEYS if k in offline_keys]
+    for key in wanted:
+        if key not in keys:
+            keys.append(key)
+    if device is None:
+        device = offline.device if offline.device is not None else torch.device("cpu")
+    fill: dict[NestedKey, torch.Tensor] = {}
+    for key, value in fill_in.items():
+        column = offline.get(key)
+        raw = torch.as_tensor(value, device=column.device)
+        cast = raw.to(column.dtype)
+        same = cast.to(raw.dtype) == raw
+        if raw.is_floating_point():
+            same = same | (torch.isnan(raw) & torch.isnan(cast.to(raw.dtype)))
+        if not bool(same.all()):
+            raise ValueError(
+                f"online_fill[{key!r}] = {value!r} is not representable in the column's dtype "
+                f"{column.dtype}; pick a value of that dtype (e.g. -1 for integer ids)."
+            )
+        try:
+            fill[key] = torch.broadcast_to(cast, column.shape[1:]).to(device)
+        except RuntimeError as err:
+            raise ValueError(
+                f"online_fill[{key!r}] has shape {tuple(cast.shape)}, which does not broadcast to "
+                f"the column's feature shape {tuple(column.shape[1:])}."
+            ) from err
+    return keys, fill
+
+
+def select_storage_keys(
+    data: TensorDictBase,
+    keys: Sequence[NestedKey],
+    fill: Mapping[NestedKey, torch.Tensor],
+    device: torch.device | str | None = None,
+) -> TensorDictBase:
+    """``data`` restricted to the stored ``keys`` (moved to ``device`` when given), with
+    ``fill[key]`` expanded to the batch size for the fill keys it lacks; extra keys
+    (``"collector"``, the root ``"done"``, ...) are dropped.
+
+    Raises:
+        ReplayKeyError: ``data`` lacks stored keys that have no fill value (the message lists
+            them and the fix).
+    """
+    present = {unravel_key(k) for k in data.keys(True, True)}
+    missing = [k for k in keys if k not in present and k not in fill]
+    if missing:
+        raise ReplayKeyError(
+            f"online transitions lack storage keys {missing}. The replay stores {list(keys)}: add "
+            "the missing columns to the batch or, for a column only the offline data have, build "
+            "the replay with online_fill={key: value} (a constant for online rows) or without "
+            "that column in extra_keys."
+        )
+    out = data.select(*[k for k in keys if k in present])
+    if device is not None:
+        out = out.to(device)
+    for key, value in fill.items():
+        if key not in present:
+            if out.device is not None:
+                value = value.to(out.device)
+            out.set(key, value.expand(*data.batch_size, *value.shape))
+    return out
+
+
 class MixedReplayBuffer(TensorDictReplayBuffer):
     """A ``TensorDictReplayBuffer`` over offline data followed by online data, one strategy.
 
     Build it with :func:`make_replay`. Offline rows are written once at construction; online
-    transitions are added with :meth:`extend` (any batch shape, flattened; extra keys such as
-    ``"collector"`` are dropped, missing storage keys raise :class:`ReplayKeyError`; exceeding
+    transitions are added with :meth:`extend` (any batch shape, flattened; exceeding
     ``offline_size + online_capacity`` raises :class:`ReplayCapacityError`). :meth:`sample`
-    returns a flat ``[batch_size]`` batch with ``"index"`` and ``"is_online"``;
-    :meth:`update_priority` works for ``"balanced"`` only (others raise
-    :class:`PrioritiesNotSupportedError`). ``state_dict``/``load_state_dict`` and
-    ``dumps``/``loads`` (inherited from TorchRL) cover storage, writer cursor and sampler
-    (priorities, running max, generator state), so a restored buffer continues identically.
+    returns a flat ``[batch_size]`` batch with ``"index"`` and ``"is_online"``.
 
-    Storage dtypes follow the offline data (cast e.g. Minari's float64 observations to float32
-    before building the buffer); online batches are cast on write. Priorities are updated with
-    :meth:`update_priority` (TorchRL's ``update_tensordict_priority`` only acts on its own
-    ``PrioritizedSampler`` and is a no-op here).
+    **Stored columns** (:attr:`storage_keys`, see :func:`resolve_storage_layout`): the transition
+    layout (:data:`TRANSITION_KEYS`, plus ``("next", "truncated")`` when the offline data have it),
+    then ``extra_keys`` and the keys of ``online_fill``. Other offline columns (the ``"episode"``
+    ids of :func:`~torchrl_opt.data.datasets.load_offline_data`) are not stored, so what
+    ``load_offline_data`` returns accepts ``torchrl.collectors.Collector`` batches as they come:
+    their extra keys (``"collector"``, the root ``"done"``/``"terminated"``/``"truncated"``) are
+    dropped, stored keys they lack take their ``online_fill`` value, any other missing stored key
+    raises :class:`ReplayKeyError`.
+
+    **Priorities** (``"balanced"`` only; the other strategies raise
+    :class:`PrioritiesNotSupportedError`): :meth:`update_priority` takes ``(index, priority)``;
+    :meth:`update_tensordict_priority` reads them from a sample, ``index`` from ``"index"`` and the
+    priority from :attr:`priority_key` (TorchRL's ``"td_error"`` by default). The value is the new
+    priority itself (for balanced replay, :meth:`DensityRatioEstimator.loss_and_priorities`'s).
+    :meth:`online_share` is the sampling mass on online rows.
+
+    ``state_dict``/``load_state_dict`` and ``dumps``/``loads`` (inherited from TorchRL) cover
+    storage, writer cursor and sampler (priorities, running max, generator state), so a restored
+    buffer continues identically. Storage dtypes follow the offline data (cast e.g. Minari's
+    float64 observations to float32 before building the buffer); online batches are cast on write.
     """
 
     def __init__(
@@ -663,11 +812,15 @@ class MixedReplayBuffer(TensorDictReplayBuffer):
         seed: int | None = None,
         offline_fraction: float = 0.5,
         check_priorities: bool = True,
+        extra_keys: Sequence[NestedKey] = (),
+        online_fill: Mapping[NestedKey, Any] | None = None,
+        priority_key: NestedKey = "td_error",
     ) -> None:
         check_replay_inputs(strategy, offline, online_capacity, batch_size)
         if device is None:
             device = offline.device if offline.device is not None else torch.device("cpu")
         device = torch.device(device)
+        keys, fill = resolve_storage_layout(offline, extra_keys, online_fill, device)
         offline_size = offline.shape[0]
         capacity = offline_size + int(online_capacity)
         kwargs: dict[str, Any] = {"device": device, "seed": seed}
@@ -680,19 +833,32 @@ class MixedReplayBuffer(TensorDictReplayBuffer):
             storage=LazyTensorStorage(capacity, device=device),
             sampler=sampler,
             batch_size=batch_size,
+            priority_key=priority_key,
         )
         self.strategy = strategy
         self.offline_size = offline_size
         self.online_capacity = int(online_capacity)
         self.capacity = capacity
         self.device = device
-        self._keys = list(offline.keys(True, True))
-        super().extend(offline.select(*self._keys).to(device))
+        self.offline_fraction = float(offline_fraction)
+        self._keys = keys
+        self._online_fill = fill
+        super().extend(offline.select(*keys).to(device), update_priority=False)
 
     @property
     def num_online(self) -> int:
         """Number of online rows added so far."""
         return len(self) - self.offline_size
+
+    @property
+    def storage_keys(self) -> list[NestedKey]:
+        """The columns every row holds (see :func:`resolve_storage_layout`)."""
+        return list(self._keys)
+
+    @property
+    def online_fill(self) -> dict[NestedKey, torch.Tensor]:
+        """The constants stored for online rows whose batches lack these columns."""
+        return dict(self._online_fill)
 
     @property
     def data(self) -> TensorDictBase:
@@ -702,14 +868,17 @@ class MixedReplayBuffer(TensorDictReplayBuffer):
     def extend(
         self, tensordicts: TensorDictBase, *, update_priority: bool | None = None
     ) -> torch.Tensor:
-        """Append online transitions after the offline rows; returns their storage indices."""
+        """Append online transitions after the offline rows; returns their storage indices.
+
+        ``tensordicts`` may have any batch shape (flattened). Only :attr:`storage_keys` are
+        written (fill values for the :attr:`online_fill` columns a batch lacks); new rows get their
+        entry priority from the sampler (balanced: the running max), never from the batch, so
+        ``update_priority`` is ignored.
+        """
         if not isinstance(tensordicts, TensorDictBase):
             raise TypeError(f"expected a TensorDict, got {type(tensordicts).__name__}.")
         data = tensordicts.reshape(-1) if tensordicts.batch_dims != 1 else tensordicts
-        present = set(data.keys(True, True))
-        missing = [k for k in self._keys if k not in present]
-        if missing:
-            raise ReplayKeyError(f"online transitions lack storage keys {missing}.")
+        rows = select_storage_keys(data, self._keys, self._online_fill, self.device)
         if len(self) + data.shape[0] > self.capacity:
             raise ReplayCapacityError(
                 f"adding {data.shape[0]} online transitions to {self.num_online} exceeds "
@@ -718,7 +887,64 @@ class MixedReplayBuffer(TensorDictReplayBuffer):
             )
         if data.shape[0] == 0:
             return torch.zeros(0, dtype=torch.long, device=self.device)
-        return super().extend(data.select(*self._keys).to(self.device), update_priority=False)
+        return super().extend(rows, update_priority=False)
+
+    def add(self, data: TensorDictBase) -> torch.Tensor:
+        """Append one online transition (batch size ``[]``) like :meth:`extend`; returns its index
+        as a 0-dim tensor."""
+        if not isinstance(data, TensorDictBase) or data.batch_dims != 0:
+            raise TypeError(
+                "add takes one transition: a TensorDict with batch size []; use extend for "
+                f"batches (got {type(data).__name__} of batch size {getattr(data, 'batch_size', '?')})."
+            )
+        return self.extend(data.unsqueeze(0))[0]
+
+    def _require_priorities(self, what: str) -> None:
+        if self.strategy != "balanced":
+            raise PrioritiesNotSupportedError(
+                f"{what}: the {self.strategy!r} strategy samples uniformly and has no priorities; "
+                "only 'balanced' replay has priorities (make_replay('balanced', ...))."
+            )
+
+    def update_tensordict_priority(self, data: TensorDictBase) -> None:
+        """Set the priorities of a sample's rows: ``p[data["index"]] = data[priority_key]``.
+
+        Equivalent to ``update_priority(data["index"], data[self.priority_key])``; a priority with
+        trailing dims (e.g. ``[B, 1]`` or one value per critic ``[B, E]``) is reduced with ``max``
+        over them, TorchRL's default reduction. Balanced only.
+
+        Raises:
+            PrioritiesNotSupportedError: the strategy is not ``"balanced"``.
+            ReplayKeyError: ``data`` lacks ``"index"`` or the priority key.
+            ValueError: the priority's leading dims do not match the index's shape.
+        """
+        self._require_priorities("update_tensordict_priority")
+        index, priority = _index_and_priority(data, self.priority_key)
+        self.update_priority(index, priority)
+
+    def update_priority(
+        self, index: int | torch.Tensor, priority: float | torch.Tensor
+    ) -> None:
+        """Set ``p[index] = priority`` and raise the running max (balanced only; see
+        :meth:`BalancedSampler.update_priority`)."""
+        self._require_priorities("update_priority")
+        super().update_priority(index, priority)
+
+    def online_share(self) -> torch.Tensor:
+        """Probability that a sampled row is online, a 0-dim float64 tensor on :attr:`device`.
+
+        ``balanced``: ``sum_{i >= N} p_i / sum_j p_j`` (:meth:`BalancedSampler.online_share`, no
+        host sync); by construction for the others: ``symmetric`` ``(B - round(f B)) / B``,
+        ``online`` 1, ``uniform`` ``num_online / len(self)``; 0 for every strategy while no online
+        row exists (``symmetric``/``online`` sampling then raises
+        :class:`EmptyOnlineBufferError`).
+        """
+        if self.strategy == "balanced":
+            return self._sampler.online_share()
+        return torch.full(
+            (), _constant_online_share(self, self.batch_size), dtype=torch.float64,
+            device=self.device,
+        )
 
     def sample_offline_online(self, batch_size: int) -> tuple[TensorDictBase, TensorDictBase]:
         """``batch_size`` rows uniform over offline data and ``batch_size`` over online data.
@@ -735,6 +961,47 @@ class MixedReplayBuffer(TensorDictReplayBuffer):
         return out[0], out[1]
 
 
+def _index_and_priority(
+    data: TensorDictBase, priority_key: NestedKey
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(data["index"], data[priority_key])``, the priority max-reduced to the index's shape."""
+    if not isinstance(data, TensorDictBase):
+        raise TypeError(f"expected a TensorDict, got {type(data).__name__}.")
+    index = data.get("index", None)
+    if index is None:
+        raise ReplayKeyError(
+            "update_tensordict_priority needs the sampled rows' 'index'; pass a batch returned by "
+            "sample() (or set 'index' yourself)."
+        )
+    priority = data.get(priority_key, None)
+    if priority is None:
+        raise ReplayKeyError(
+            f"the batch has no priority key {priority_key!r}; write the new priorities there "
+            f"(td.set({priority_key!r}, priority)) or build the replay with priority_key=<your key>."
+        )
+    priority = torch.as_tensor(priority)
+    if tuple(priority.shape[: index.ndim]) != tuple(index.shape):
+        raise ValueError(
+            f"priority {priority_key!r} of shape {tuple(priority.shape)} does not match the index "
+            f"shape {tuple(index.shape)} (expected {tuple(index.shape)} plus optional trailing dims)."
+        )
+    if priority.ndim > index.ndim:
+        priority = priority.reshape(*index.shape, -1).amax(-1)
+    return index, priority
+
+
+def _constant_online_share(replay: Any, batch_size: int) -> float:
+    """Online share of the non-prioritised strategies, by construction (0 without online rows)."""
+    num_online, total = replay.num_online, replay.offline_size + replay.num_online
+    if num_online == 0:
+        return 0.0
+    if replay.strategy == "symmetric":
+        return (batch_size - round(replay.offline_fraction * batch_size)) / batch_size
+    if replay.strategy == "online":
+        return 1.0
+    return num_online / total
+
+
 def make_replay(
     strategy: ReplayStrategy,
     offline: TensorDictBase,
@@ -745,12 +1012,18 @@ def make_replay(
     *,
     offline_fraction: float = 0.5,
     check_priorities: bool = True,
+    extra_keys: Sequence[NestedKey] = (),
+    online_fill: Mapping[NestedKey, Any] | None = None,
+    priority_key: NestedKey = "td_error",
 ) -> MixedReplayBuffer:
     """Build the replay buffer of an online phase by strategy name.
 
     ``strategy`` is one of ``"balanced"`` (OPT default, Off2On), ``"symmetric"`` (RLPD,
     ``offline_fraction`` of each batch offline), ``"online"`` (online rows only) or
-    ``"uniform"`` (all rows); capacity is ``len(offline) + online_capacity``.
+    ``"uniform"`` (all rows); capacity is ``len(offline) + online_capacity``. The buffer stores
+    the transition layout plus ``extra_keys`` and the ``online_fill`` columns (constants for online
+    rows that lack them), see :func:`resolve_storage_layout`; ``priority_key`` is where
+    :meth:`MixedReplayBuffer.update_tensordict_priority` reads priorities.
     """
     return MixedReplayBuffer(
         offline,
@@ -761,6 +1034,9 @@ def make_replay(
         seed=seed,
         offline_fraction=offline_fraction,
         check_priorities=check_priorities,
+        extra_keys=extra_keys,
+        online_fill=online_fill,
+        priority_key=priority_key,
     )
 
 

@@ -40,21 +40,25 @@ batches with duplicate indices may then differ in the leaf kept (the tree stays 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.utils import NestedKey
 
 from torchrl_opt.data.replay import (
     EmptyOnlineBufferError,
     PrioritiesNotSupportedError,
     ReplayCapacityError,
-    ReplayKeyError,
     ReplayStrategy,
+    _constant_online_share,
+    _index_and_priority,
     _new_generator,
     _tree_levels,
     check_replay_inputs,
+    resolve_storage_layout,
+    select_storage_keys,
     sumtree_layout,
     sumtree_shape,
     uniform_range_sample,
@@ -179,12 +183,19 @@ class SeedBatchedReplay:
       ``td[i]``, flattened); all seeds always hold the same number of online rows.
     * :meth:`sample` returns ``[S, B]`` with the storage keys, ``"index"`` (int64, the row in the
       seed's own ``[0, N + C)`` index space) and ``"is_online"`` (``index >= N``).
-    * :meth:`update_priority` takes ``index [S, M]`` and ``priority [S, M]`` (balanced only).
+    * :meth:`update_priority` takes ``index [S, M]`` and ``priority [S, M]``, and
+      :meth:`update_tensordict_priority` a ``[S, M]`` sample carrying ``"index"`` and
+      :attr:`priority_key` (balanced only; the other strategies raise
+      :class:`~torchrl_opt.data.replay.PrioritiesNotSupportedError`).
+    * :meth:`online_share` returns each seed's probability of sampling an online row ``[S]``.
     * :meth:`sample_offline_online` returns two ``[S, batch_size]`` batches with ``"index"``.
     * :meth:`state_dict` / :meth:`load_state_dict` cover fill level, online rows, sum-trees,
       running max priorities and generator states (offline rows are the construction input and
       are not saved: restore into a buffer built from the same offline data).
 
+    Stored columns, ``extra_keys`` and ``online_fill`` as in ``make_replay``
+    (:func:`~torchrl_opt.data.replay.resolve_storage_layout`: the transition layout plus the
+    columns asked for; other offline columns such as ``"episode"`` are not stored).
     Storage (see the module docstring): one flat ``[N + S * C]`` TensorDict :attr:`data` with the
     offline rows once (shared) then each seed's ``C`` online rows, so the data take
     ``(N + S * C) * row_bytes``; :attr:`offline_data` ``[N]`` and :attr:`online_data`
@@ -205,6 +216,9 @@ class SeedBatchedReplay:
         seeds: Sequence[int] | None = None,
         offline_fraction: float = 0.5,
         check_priorities: bool = True,
+        extra_keys: Sequence[NestedKey] = (),
+        online_fill: Mapping[NestedKey, Any] | None = None,
+        priority_key: NestedKey = "td_error",
     ) -> None:
         check_replay_inputs(strategy, offline, online_capacity, batch_size)
         if isinstance(num_seeds, bool) or int(num_seeds) != num_seeds or num_seeds < 1:
@@ -232,11 +246,14 @@ class SeedBatchedReplay:
         self.seeds = seeds
         self.offline_fraction = float(offline_fraction)
         self.check_priorities = bool(check_priorities)
+        self.priority_key = priority_key
         self._num_online = 0
         self._generators = [_new_generator(device, s) for s in seeds]
 
         # storage: offline rows once, then S blocks of C online rows
-        self._keys = list(offline.keys(True, True))
+        self._keys, self._online_fill = resolve_storage_layout(
+            offline, extra_keys, online_fill, device
+        )
         n, s, c = self.offline_size, num_seeds, self.online_capacity
         storage = TensorDict({}, batch_size=[n + s * c], device=device)
         for key in self._keys:
@@ -264,6 +281,16 @@ class SeedBatchedReplay:
     def __len__(self) -> int:
         """Filled rows per seed: ``N + num_online``."""
         return self.offline_size + self._num_online
+
+    @property
+    def storage_keys(self) -> list[NestedKey]:
+        """The columns every row holds (as ``MixedReplayBuffer.storage_keys``)."""
+        return list(self._keys)
+
+    @property
+    def online_fill(self) -> dict[NestedKey, torch.Tensor]:
+        """The constants stored for online rows whose batches lack these columns."""
+        return dict(self._online_fill)
 
     @property
     def data(self) -> TensorDictBase:
@@ -320,11 +347,11 @@ class SeedBatchedReplay:
         index = torch.arange(self.offline_size, device=self.device).expand(s, -1)
         sumtree_update_batched_(self._trees, index, 1.0, self.fanout)
 
-    def _require_priorities(self) -> None:
+    def _require_priorities(self, what: str = "priorities") -> None:
         if self.strategy != "balanced":
             raise PrioritiesNotSupportedError(
-                f"the {self.strategy!r} strategy samples uniformly and has no priorities; only "
-                "'balanced' accepts update_priority."
+                f"{what}: the {self.strategy!r} strategy samples uniformly and has no priorities; "
+                "only 'balanced' replay has priorities (make_seed_batched_replay('balanced', ...))."
             )
 
     def _uniforms(self, n: int) -> torch.Tensor:
@@ -360,9 +387,10 @@ class SeedBatchedReplay:
         """Append ``T`` online transitions per seed (``td[i]`` for seed ``i``).
 
         ``tensordicts`` has batch size ``[S]`` (one transition per seed) or ``[S, T, ...]``
-        (flattened to ``[S, T']``). Extra keys are dropped; missing storage keys raise
-        :class:`ReplayKeyError`, exceeding ``online_capacity`` raises
-        :class:`ReplayCapacityError`. New rows get each seed's running max priority (balanced).
+        (flattened to ``[S, T']``). Only :attr:`storage_keys` are written (extra keys such as
+        ``"collector"`` are dropped, :attr:`online_fill` columns a batch lacks get their fill
+        value); other missing storage keys raise :class:`~torchrl_opt.data.replay.ReplayKeyError`, exceeding
+        ``online_capacity`` raises :class:`ReplayCapacityError`. New rows get each seed's running max priority (balanced).
         Returns their indices ``[S, T']`` (each seed's own index space).
         """
         if not isinstance(tensordicts, TensorDictBase):
@@ -374,10 +402,7 @@ class SeedBatchedReplay:
                 f"(seed i's rows are td[i]); got batch size {tuple(tensordicts.shape)}."
             )
         data = tensordicts.reshape(s, math.prod(tensordicts.shape[1:]))
-        present = set(data.keys(True, True))
-        missing = [k for k in self._keys if k not in present]
-        if missing:
-            raise ReplayKeyError(f"online transitions lack storage keys {missing}.")
+        data = select_storage_keys(data, self._keys, self._online_fill)
         count = data.shape[1]
         if self._num_online + count > self.online_capacity:
             raise ReplayCapacityError(
@@ -419,7 +444,7 @@ class SeedBatchedReplay:
         With ``check_priorities=True`` (default) indices and priorities are validated (filled
         rows; finite and > 0) at the cost of one host sync, as ``MixedReplayBuffer`` does.
         """
-        self._require_priorities()
+        self._require_priorities("update_priority")
         s = self.num_seeds
         index = torch.as_tensor(index, device=self.device)
         if index.ndim < 1 or index.shape[0] != s:
@@ -450,6 +475,31 @@ class SeedBatchedReplay:
                 raise ValueError("priorities must be finite and > 0.")
         sumtree_update_batched_(self._trees, index, priority, self.fanout)
         self._max_priority = torch.maximum(self._max_priority, priority.amax(-1))
+
+    def update_tensordict_priority(self, data: TensorDictBase) -> None:
+        """Set the priorities of a ``[S, M]`` sample's rows from ``data["index"]`` and
+        ``data[priority_key]`` (``"td_error"`` by default, trailing dims max-reduced, as
+        ``MixedReplayBuffer.update_tensordict_priority``); equivalent to
+        :meth:`update_priority` on those. Balanced only (others raise
+        :class:`PrioritiesNotSupportedError`)."""
+        self._require_priorities("update_tensordict_priority")
+        index, priority = _index_and_priority(data, self.priority_key)
+        self.update_priority(index, priority)
+
+    def online_share(self) -> torch.Tensor:
+        """Each seed's probability of sampling an online row, ``[S]`` float64 on :attr:`device`.
+
+        Seed ``i``'s entry equals ``MixedReplayBuffer.online_share()`` of its own replay:
+        balanced ``sum_{r >= N} p_ir / sum_r p_ir`` (no host sync); symmetric
+        ``(B - round(f B)) / B``, online 1, uniform ``num_online / len(self)``; 0 while no online
+        row exists.
+        """
+        if self.strategy == "balanced":
+            online = self.priorities[:, self.offline_size :].sum(-1)
+            total = self._trees[:, 0]
+            return online / torch.where(total > 0, total, torch.ones_like(total))
+        share = _constant_online_share(self, self.batch_size)
+        return torch.full((self.num_seeds,), share, dtype=torch.float64, device=self.device)
 
     # -- sampling -----------------------------------------------------------------------
     def sample_index(self, batch_size: int | None = None) -> torch.Tensor:
@@ -580,12 +630,16 @@ def make_seed_batched_replay(
     *,
     offline_fraction: float = 0.5,
     check_priorities: bool = True,
+    extra_keys: Sequence[NestedKey] = (),
+    online_fill: Mapping[NestedKey, Any] | None = None,
+    priority_key: NestedKey = "td_error",
 ) -> SeedBatchedReplay:
     """Build the ``[S, B]`` replay of ``num_seeds`` seeds of an online phase by strategy name.
 
     Seed ``i`` behaves as ``make_replay(strategy, offline, online_capacity, batch_size, device,
     seed=seeds[i], offline_fraction=offline_fraction)``; ``seeds`` defaults to ``num_seeds``
-    draws from torch's global RNG (kept in :attr:`SeedBatchedReplay.seeds`).
+    draws from torch's global RNG (kept in :attr:`SeedBatchedReplay.seeds`). ``extra_keys``,
+    ``online_fill`` and ``priority_key`` are ``make_replay``'s.
     """
     return SeedBatchedReplay(
         offline,
@@ -597,4 +651,7 @@ def make_seed_batched_replay(
         seeds=seeds,
         offline_fraction=offline_fraction,
         check_priorities=check_priorities,
+        extra_keys=extra_keys,
+        online_fill=online_fill,
+        priority_key=priority_key,
     )
