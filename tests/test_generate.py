@@ -224,3 +224,219 @@ def test_cli_module_entry_point(root):
     again = gen.main(["--task", "hopper", "--kind", "random", "--size", "50", "--seed", "1",
                       "--no-progress"])
     assert again == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Random policies and parallel (chunked) random collection
+# --------------------------------------------------------------------------------------------
+import multiprocessing  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+
+from torchrl_opt.data.generate import (  # noqa: E402
+    DEFAULT_CHUNK_STEPS,
+    GenerationError,
+    chunk_seeds,
+    collect_random_transitions,
+    generated_dataset_id,
+    make_init_policy,
+    resolve_workers,
+)
+
+# tiny runs: 6 chunks of >= 100 steps, Hopper episodes cut at 15 steps (terminals and timeouts)
+N, CHUNK, LIMIT = 600, 100, 15
+
+
+def _collect(random_policy="uniform", workers=2, seed=0, **kwargs):
+    return collect_random_transitions(ENV_ID, N, seed, random_policy=random_policy, workers=workers,
+                                      chunk_steps=CHUNK, max_episode_steps=LIMIT, progress=False,
+                                      **kwargs)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Each configuration collected once for the whole module (3 process pools in all)."""
+    return {
+        ("uniform", 1): _collect("uniform", workers=1),
+        ("uniform", 2): _collect("uniform", workers=2),
+        ("uniform", 2, "again"): _collect("uniform", workers=2),
+        ("uniform", 1, "seed1"): _collect("uniform", workers=1, seed=1),
+        ("init", 1): _collect("init", workers=1),
+        ("init", 2): _collect("init", workers=2),
+    }
+
+
+def _sequential_reference(seed: int) -> dict:
+    """The documented scheme, written out with plain Gymnasium: chunk i resets with the words of
+    SeedSequence(seed, spawn_key=(0, i)), samples uniform actions from the action space seeded with
+    the second word, and collects whole episodes until it has >= its target steps; the chunks are
+    concatenated and cut to N, the cut step marked truncated."""
+    cols = {k: [] for k in ("obs", "act", "rew", "next", "term", "trunc")}
+    targets = [CHUNK] * (N // CHUNK)
+    env = gym.make(ENV_ID, max_episode_steps=LIMIT)
+    for i, target in enumerate(targets):
+        words = np.random.SeedSequence(seed, spawn_key=(0, i)).generate_state(3)
+        env.action_space.seed(int(words[1]))
+        obs, _ = env.reset(seed=int(words[0]))
+        steps = 0
+        while True:
+            action = env.action_space.sample()
+            nxt, rew, term, trunc, _ = env.step(action)
+            for key, value in zip(cols, (obs, action, rew, nxt, term, trunc and not term)):
+                cols[key].append(value)
+            steps += 1
+            if term or trunc:
+                if steps >= target:
+                    break
+                obs, _ = env.reset()
+            else:
+                obs = nxt
+    env.close()
+    out = {k: np.asarray(v)[:N] for k, v in cols.items()}
+    out["trunc"][-1] = out["trunc"][-1] or not out["term"][-1]
+    return out
+
+
+def test_resolve_workers():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert resolve_workers(None) == resolve_workers(0) == min(cores, gen.MAX_AUTO_WORKERS)
+    assert resolve_workers(1) == 1 and resolve_workers(5) == 5
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="workers"):
+            resolve_workers(bad)
+
+
+def test_chunk_seeds_are_seed_sequence_words():
+    words = np.random.SeedSequence(7, spawn_key=(0, 3)).generate_state(3)
+    assert chunk_seeds(7, 3) == tuple(int(w) for w in words)
+    assert chunk_seeds(7, 3) != chunk_seeds(7, 4) != chunk_seeds(8, 4)
+
+
+def test_parallel_random_data_identical_for_any_worker_count(runs):
+    for policy in ("uniform", "init"):
+        assert (runs[(policy, 1)] == runs[(policy, 2)]).all(), policy
+    assert (runs[("uniform", 2)] == runs[("uniform", 2, "again")]).all()
+    other = runs[("uniform", 1, "seed1")]
+    assert not torch.equal(other["action"], runs[("uniform", 1)]["action"])
+    assert not torch.equal(runs[("init", 1)]["action"], runs[("uniform", 1)]["action"])
+
+
+def test_parallel_random_matches_sequential_reference(runs):
+    data, ref = runs[("uniform", 2)], _sequential_reference(seed=0)
+    assert data.shape == (N,)
+    np.testing.assert_array_equal(data["observation"].numpy(), ref["obs"].astype(np.float32))
+    np.testing.assert_array_equal(data["action"].numpy(), ref["act"].astype(np.float32))
+    np.testing.assert_array_equal(data["next", "reward"].reshape(-1).numpy(),
+                                  ref["rew"].astype(np.float32))
+    np.testing.assert_array_equal(data["next", "observation"].numpy(), ref["next"].astype(np.float32))
+    np.testing.assert_array_equal(data["next", "terminated"].reshape(-1).numpy(), ref["term"])
+    np.testing.assert_array_equal(data["next", "truncated"].reshape(-1).numpy(), ref["trunc"])
+
+
+def test_random_episode_structure_across_chunks(runs):
+    data = runs[("init", 2)]
+    term = data["next", "terminated"].reshape(-1).numpy()
+    trunc = data["next", "truncated"].reshape(-1).numpy()
+    assert not (term & trunc).any() and (term | trunc)[-1]
+    ends = np.flatnonzero(term | trunc)
+    lengths = np.diff(np.concatenate([[-1], ends]))
+    # timeouts are truncations at exactly the time limit, never terminals (the last, cut episode
+    # aside); terminations end episodes no longer than the limit
+    assert (lengths[:-1][trunc[ends][:-1]] == LIMIT).all()
+    assert (lengths[term[ends]] <= LIMIT).all() and term.any() and trunc[:-1].any()
+    # contiguous inside episodes, a fresh reset after every done step
+    inside = ~(term | trunc)[:-1]
+    nxt, obs = data["next", "observation"].numpy(), data["observation"].numpy()
+    np.testing.assert_array_equal(nxt[:-1][inside], obs[1:][inside])
+    assert (np.abs(nxt[:-1][~inside] - obs[1:][~inside]).max(-1) > 0).all()
+    # the episode index is the count of earlier done steps
+    np.testing.assert_array_equal(data["episode"].numpy()[1:], np.cumsum((term | trunc)[:-1]))
+
+
+def test_init_and_uniform_action_distributions(runs):
+    """Closed forms: uniform on [-1, 1] has E[a^2] = 1/3; the freshly initialised actor samples
+    a = tanh(loc + scale * eps) with loc ~ 0, scale ~ 1, so E[a^2] = E[tanh(Z)^2], Z ~ N(0, 1)."""
+    from tensordict.nn import InteractionType, set_interaction_type
+
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    tanh_sq = float((weights * np.tanh(nodes) ** 2).sum() / np.sqrt(2 * np.pi))  # 0.394
+    uni, init = runs[("uniform", 1)]["action"], runs[("init", 1)]["action"]
+    assert (uni ** 2).mean().item() == pytest.approx(1 / 3, abs=0.025)
+    assert (init ** 2).mean().item() == pytest.approx(tanh_sq, abs=0.025)
+    # the actions are samples of the saved actor's own TorchRL TanhNormal
+    actor = make_init_policy(ENV_ID, 0, max_episode_steps=LIMIT)
+    td = TensorDict({"observation": runs[("init", 1)]["observation"]}, [N])
+    with torch.no_grad(), set_interaction_type(InteractionType.RANDOM):
+        actor(td)
+        log_prob = actor.get_dist(td).log_prob(init)
+    assert torch.isfinite(log_prob).all()
+    assert (td["loc"].abs() < 0.05).all() and ((td["scale"] - 1).abs() < 0.05).all()
+    eps = (torch.atanh(init.double()) - td["loc"]) / td["scale"]
+    assert eps.mean().item() == pytest.approx(0.0, abs=0.1)
+    assert eps.std().item() == pytest.approx(1.0, abs=0.1)
+
+
+def test_make_init_policy_seeded_and_rng_neutral():
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a, b, c = (make_init_policy(ENV_ID, s) for s in (0, 0, 1))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    pa, pb, pc = (dict(p.named_parameters()) for p in (a, b, c))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+    out = [v for k, v in pa.items() if v.shape == (6, 256)][0]  # loc and scale rows of Hopper
+    assert out.abs().max() <= gen.INIT_OUTPUT_SCALE
+
+
+def test_worker_error_surfaces_as_one_exception():
+    bad = make_init_policy(ENV_ID, 0)
+    with torch.no_grad():
+        [m for m in bad.modules() if isinstance(m, torch.nn.Linear)][-1].bias.fill_(float("nan"))
+    before = set(multiprocessing.active_children())
+    for workers in (2, 1):
+        with pytest.raises(GenerationError, match="chunk 0 failed.*non-finite action"):
+            _collect("init", workers=workers, policy=bad)
+    assert set(multiprocessing.active_children()) <= before  # the pool's workers were joined
+    wrong = make_init_policy("Walker2d-v5", 0)  # 17-d observations: rejected before any worker
+    with pytest.raises(GenerationError, match="cannot read"):
+        _collect("init", workers=2, policy=wrong)
+
+
+def test_random_policy_is_part_of_the_dataset_identity(root):
+    uni = ensure_dataset("hopper", "random", size=40, progress=False)
+    init = ensure_dataset("hopper", "random", size=40, progress=False, random_policy="init")
+    assert uni == "torchrl-opt/hopper/random-n40-v0"
+    assert init == "torchrl-opt/hopper/random-init-n40-v0"
+    assert generated_dataset_id("hopper", "random", random_policy="init", seed=3) == \
+        "torchrl-opt/hopper/random-init-seed3-v0"
+    with pytest.raises(ValueError, match="only to kind 'random'"):
+        ensure_dataset("hopper", "medium", random_policy="init")
+    with pytest.raises(ValueError, match="random_policy must be one of"):
+        ensure_dataset("hopper", "random", random_policy="gaussian")
+    meta = json.loads((root / init / "torchrl_opt_metadata.json").read_text())
+    assert meta["random_policy"] == "init" and meta["chunk_steps"] == DEFAULT_CHUNK_STEPS
+    ckpt = torch.load(root / init / "policy.pt", weights_only=True)
+    expected = make_init_policy(ENV_ID, 0).state_dict()
+    assert all(torch.equal(ckpt["actor"][k], v) for k, v in expected.items())
+    a = load_offline_data(DatasetSpec(id_or_path=uni, cache=False))
+    b = load_offline_data(DatasetSpec(id_or_path=init, cache=False))
+    assert a.shape == b.shape == (40,) and not torch.equal(a["action"], b["action"])
+    # a cached dataset is never returned for the other policy (or a legacy, unrecorded one)
+    for recorded in ("uniform", None):
+        meta_path = root / init / "torchrl_opt_metadata.json"
+        meta = json.loads(meta_path.read_text())
+        meta["random_policy"] = recorded
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(DatasetExistsError, match="built with"):
+            ensure_dataset("hopper", "random", size=40, random_policy="init")
+
+
+def test_cli_random_policy_and_workers(root):
+    args = ["--task", "hopper", "--kind", "random", "--size", "30", "--no-progress"]
+    assert gen.main(args + ["--random-policy", "init", "--workers", "1"]) == 0
+    assert (root / "torchrl-opt/hopper/random-init-n30-v0" / "policy.pt").exists()
+    assert gen.main(["--task", "hopper", "--kind", "medium", "--random-policy", "init",
+                     "--no-progress"]) == 1
+    with pytest.raises(SystemExit):
+        gen.main(args + ["--random-policy", "gaussian"])

@@ -2,7 +2,10 @@
 
 Kinds (D4RL's definitions, Fu et al. 2020, re-created on Gymnasium ``*-v5``):
 
-* ``random``: uniform random actions, ``size`` transitions (default 1M);
+* ``random``: ``size`` transitions (default 1M) of a random policy, either uniform random actions
+  (``random_policy="uniform"``, the default) or a freshly initialised tanh-Gaussian SAC actor
+  (``random_policy="init"``, D4RL's own definition, see :func:`make_init_policy`), collected in
+  worker processes (:func:`collect_random_transitions`);
 * ``medium``: an online agent (SAC by default, :mod:`torchrl_opt.data.behavior`) trained until its
   deterministic evaluation return reaches the registry's medium target (``TaskInfo.
   medium_target_score``, normalised x100), then ``size`` transitions collected with that agent's
@@ -14,10 +17,13 @@ Kinds (D4RL's definitions, Fu et al. 2020, re-created on Gymnasium ``*-v5``):
 Usage::
 
     python -m torchrl_opt.data.generate --task walker2d --kind random --size 1000000 --seed 0
+    python -m torchrl_opt.data.generate --task walker2d --kind random --random-policy init --workers 8
 
 Datasets are written under the Minari data root (``MINARI_DATASETS_PATH``, default
 ``~/.minari/datasets``) as ``torchrl-opt/<task>/<kind>-v0`` (non-default size / seed are part of
-the name), with ``policy.pt`` (tensors-only state dicts, ``torch.load(..., weights_only=True)``)
+the name, and ``random-init`` replaces ``random`` for the ``init`` policy, see
+:func:`generated_dataset_id`), with ``policy.pt`` (tensors-only state dicts,
+``torch.load(..., weights_only=True)``; for ``init``, the random actor)
 and ``torchrl_opt_metadata.json`` beside Minari's ``data/`` folder. The dataset is assembled in a
 hidden staging folder of the root and moved into place only when complete, so a failure never
 leaves a half dataset registered, and an existing dataset is kept unless ``overwrite``.
@@ -29,20 +35,27 @@ Minari's ``DataCollector``/``EpisodeBuffer.add_step_data`` need jax; this module
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as _futures
 import contextlib
 import datetime as _dt
+import importlib
 import io
 import json
+import math
+import multiprocessing
+import numbers
 import os
 import platform
 import shutil
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,6 +73,9 @@ from torchrl_opt.data.datasets import (
 )
 from torchrl_opt.data.scores import D4RL_REF_SCORES
 
+if TYPE_CHECKING:
+    from torchrl.modules import ProbabilisticActor
+
 __all__ = [
     "GenerationError",
     "DatasetExistsError",
@@ -67,7 +83,16 @@ __all__ = [
     "GeneratedDataset",
     "DEFAULT_SIZE",
     "DEFAULT_MAX_ENV_STEPS",
+    "DEFAULT_CHUNK_STEPS",
+    "MAX_AUTO_WORKERS",
+    "RANDOM_POLICIES",
+    "INIT_POLICY_HIDDEN",
     "collect_transitions",
+    "collect_random_transitions",
+    "make_init_policy",
+    "chunk_seeds",
+    "resolve_workers",
+    "generated_dataset_id",
     "target_return",
     "transitions_to_episode_buffers",
     "write_minari_dataset",
@@ -80,6 +105,22 @@ DEFAULT_SIZE = 1_000_000
 DEFAULT_MAX_ENV_STEPS = 1_000_000
 METADATA_FILE = "torchrl_opt_metadata.json"
 POLICY_FILE = "policy.pt"
+
+#: Random policies of the ``random`` kind: uniform actions, or a freshly initialised SAC actor.
+RANDOM_POLICIES: tuple[str, ...] = ("uniform", "init")
+#: Steps per collection chunk of :func:`collect_random_transitions` (a multiple of the MuJoCo
+#: 1000-step time limit, so that HalfCheetah chunks are exactly 10 episodes).
+DEFAULT_CHUNK_STEPS = 10_000
+#: Upper bound of the worker count chosen by ``workers=None`` / ``workers=0``.
+MAX_AUTO_WORKERS = 32
+#: Hidden layers of the ``init`` actor (D4RL's rlkit SAC actor: 256-256, ReLU).
+INIT_POLICY_HIDDEN: tuple[int, ...] = (256, 256)
+#: Half-width of the uniform initialisation of the ``init`` actor's output layer (rlkit's
+#: ``init_w=1e-3`` of ``TanhGaussianPolicy``).
+INIT_OUTPUT_SCALE = 1e-3
+# spawn keys of numpy SeedSequence(seed, spawn_key=...) for the derived seeds
+_CHUNK_PURPOSE = 0
+_POLICY_PURPOSE = 1
 
 
 class GenerationError(DatasetError):
@@ -186,6 +227,394 @@ def collect_transitions(
     if not (term_buf[-1] or trunc_buf[-1]):
         trunc_buf[-1] = True
     return _assemble(obs_buf, act_buf, rew_buf, next_buf, term_buf, trunc_buf)
+
+
+# --------------------------------------------------------------------------------------------
+# Random datasets: the two random policies and chunked, parallel collection
+# --------------------------------------------------------------------------------------------
+def _check_random_policy(random_policy: str) -> str:
+    if random_policy not in RANDOM_POLICIES:
+        raise ValueError(
+            f"random_policy must be one of {RANDOM_POLICIES}, got {random_policy!r}"
+        )
+    return random_policy
+
+
+def _available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | None) -> int:
+    """Number of collection processes: ``None`` or ``0`` means one per available core (at most
+    :data:`MAX_AUTO_WORKERS`); ``1`` collects in this process; ``n > 1`` uses ``n`` processes.
+
+    Raises:
+        ValueError: ``workers`` is negative or not an integer.
+    """
+    count = 0 if workers is None else workers
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
+        raise ValueError(
+            f"workers must be None, 0 (one per core) or a positive int, got {workers!r}"
+        )
+    return min(_available_cores(), MAX_AUTO_WORKERS) if count == 0 else int(count)
+
+
+def chunk_seeds(seed: int, index: int) -> tuple[int, int, int]:
+    """``(env_seed, action_seed, noise_seed)`` of collection chunk ``index`` of a dataset.
+
+    They are the first three 32-bit words of ``numpy.random.SeedSequence(seed, spawn_key=(0,
+    index))``: independent streams per chunk that depend only on ``(seed, index)``, never on the
+    number of workers or on which worker collects the chunk.
+    """
+    words = np.random.SeedSequence(int(seed), spawn_key=(_CHUNK_PURPOSE, int(index))).generate_state(3)
+    return int(words[0]), int(words[1]), int(words[2])
+
+
+def _chunk_targets(num_steps: int, chunk_steps: int) -> list[int]:
+    """Minimum step count of each chunk: ``chunk_steps`` each, the remainder for the last one."""
+    count = math.ceil(num_steps / chunk_steps)
+    return [chunk_steps] * (count - 1) + [num_steps - (count - 1) * chunk_steps]
+
+
+def _make_env(env_id: str, max_episode_steps: int | None):
+    import gymnasium as gym
+
+    kwargs = {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
+    return gym.make(env_id, **kwargs)
+
+
+def _probe_env(env_id: str, max_episode_steps: int | None) -> tuple[int, np.ndarray, np.ndarray, int]:
+    """``(obs_dim, action_low, action_high, time_limit)`` of ``env_id``, validated."""
+    import gymnasium as gym
+
+    env = _make_env(env_id, max_episode_steps)
+    try:
+        space, obs_space = env.action_space, env.observation_space
+        if not isinstance(space, gym.spaces.Box) or not isinstance(obs_space, gym.spaces.Box):
+            raise GenerationError(f"{env_id}: only Box observation and action spaces are supported")
+        limit = env.spec.max_episode_steps if env.spec is not None else None
+        if limit is None:
+            raise GenerationError(
+                f"{env_id} has no time limit: chunked random collection needs finite episodes; "
+                "pass max_episode_steps (--max-episode-steps)"
+            )
+        return (int(np.prod(obs_space.shape)), space.low.astype(np.float32).reshape(-1),
+                space.high.astype(np.float32).reshape(-1), int(limit))
+    finally:
+        env.close()
+
+
+def _loc_scale_net(policy: torch.nn.Module) -> torch.nn.Module:
+    """The ``observation -> (loc, scale)`` network of a :func:`make_gaussian_actor` actor."""
+    from tensordict.nn import TensorDictModule
+
+    for module in policy.modules():
+        if isinstance(module, TensorDictModule) and list(module.out_keys) == ["loc", "scale"]:
+            return module.module
+    raise GenerationError(
+        "The init policy must be a tanh-Gaussian actor from torchrl_opt.models.make_gaussian_actor "
+        "(a TensorDictModule writing 'loc' and 'scale'); build it with make_init_policy"
+    )
+
+
+def make_init_policy(
+    env_id: str,
+    seed: int = 0,
+    *,
+    hidden: Sequence[int] = INIT_POLICY_HIDDEN,
+    max_episode_steps: int | None = None,
+) -> ProbabilisticActor:
+    """D4RL's random-dataset policy: a freshly initialised SAC actor, seeded.
+
+    D4RL (Fu et al., 2020) describes its ``*-random`` MuJoCo datasets as rollouts of a randomly
+    initialised policy; its collection script (``scripts/generation/mujoco/collect_data.py``)
+    samples the stochastic action of an rlkit SAC ``TanhGaussianPolicy`` snapshot (256-256 ReLU
+    MLP whose ``mean`` and ``log_std`` output layers rlkit initialises in ``U(-1e-3, 1e-3)``), and
+    also offers uniform ``action_space.sample()`` behind ``--random``. This builds that initial
+    actor with this library's network, :func:`torchrl_opt.models.make_gaussian_actor`:
+
+        a = mid + half * tanh(loc(s) + scale(s) * eps),   eps ~ N(0, I),
+
+    with ``mid, half`` the centre and half-width of the action box, hidden layers in PyTorch's
+    default initialisation and the output layer (``loc`` and the pre-softplus ``scale``)
+    re-initialised in ``U(-INIT_OUTPUT_SCALE, INIT_OUTPUT_SCALE)`` as in rlkit, so that at
+    initialisation ``loc ~ 0`` and ``scale ~ 1`` (``biased_softplus_1.0``; rlkit: ``exp(log_std ~ 0)``).
+
+    The parameters are drawn from a forked torch RNG seeded with the first word of
+    ``numpy.random.SeedSequence(seed, spawn_key=(1,))``; the caller's RNG state is untouched.
+    """
+    from torchrl.data import Bounded
+
+    from torchrl_opt.models import make_gaussian_actor
+
+    obs_dim, low, high, _ = _probe_env(env_id, max_episode_steps)
+    spec = Bounded(torch.from_numpy(low), torch.from_numpy(high), shape=(low.shape[0],))
+    sequence = np.random.SeedSequence(int(seed), spawn_key=(_POLICY_PURPOSE,))
+    policy_seed = int(sequence.generate_state(1)[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(policy_seed)
+        actor = make_gaussian_actor(obs_dim, spec, tuple(hidden))
+        linears = [m for m in _loc_scale_net(actor).modules() if isinstance(m, torch.nn.Linear)]
+        output = linears[-1]
+        with torch.no_grad():
+            output.weight.uniform_(-INIT_OUTPUT_SCALE, INIT_OUTPUT_SCALE)
+            output.bias.uniform_(-INIT_OUTPUT_SCALE, INIT_OUTPUT_SCALE)
+    return actor
+
+
+def _check_init_net(net: torch.nn.Module, obs_dim: int, act_dim: int, env_id: str) -> None:
+    """Fail early (in the parent) when the policy's shapes do not fit ``env_id``."""
+    try:
+        with torch.no_grad():
+            loc, scale = net(torch.zeros(obs_dim))
+    except Exception as exc:  # a wrong input width surfaces as a matmul error
+        raise GenerationError(
+            f"The init policy cannot read {env_id}'s {obs_dim}-d observation: {exc}"
+        ) from exc
+    if tuple(loc.shape) != (act_dim,) or tuple(scale.shape) != (act_dim,):
+        raise GenerationError(
+            f"The init policy returns loc {tuple(loc.shape)} / scale {tuple(scale.shape)}, but "
+            f"{env_id} has a {act_dim}-d action"
+        )
+
+
+def _run_chunk(job: tuple, net: torch.nn.Module | None, envs: dict) -> dict[str, np.ndarray]:
+    """Collect one chunk: whole episodes from a seeded reset until at least ``target`` steps.
+
+    ``job = (index, env_id, max_episode_steps, target, seed, low, high)``. The env is reset with
+    ``env_seed`` once at the start (later resets continue its RNG); uniform actions are
+    ``numpy.random.default_rng(action_seed).uniform(low, high)`` draws (the very draws of
+    Gymnasium's ``action_space.sample()`` seeded with ``action_seed``, at half its cost), the init
+    policy's noise comes from a torch generator seeded with ``noise_seed`` (:func:`chunk_seeds`).
+    The chunk always ends with a done step (``terminated`` by the MDP, or ``truncated`` by the
+    time limit).
+    """
+    index, env_id, max_episode_steps, target, seed, low, high = job
+    env_seed, action_seed, noise_seed = chunk_seeds(seed, index)
+    key = (env_id, max_episode_steps)
+    if key not in envs:
+        envs[key] = _make_env(env_id, max_episode_steps)
+    env = envs[key]
+    space = env.action_space
+    limit = int(env.spec.max_episode_steps)
+    obs_dim = int(np.prod(env.observation_space.shape))
+    act_dim = low.shape[0]
+    capacity = target + limit
+    obs_buf = np.empty((capacity, obs_dim), np.float32)
+    next_buf = np.empty((capacity, obs_dim), np.float32)
+    act_buf = np.empty((capacity, act_dim), np.float32)
+    rew_buf = np.empty(capacity, np.float32)
+    term_buf = np.zeros(capacity, bool)
+    trunc_buf = np.zeros(capacity, bool)
+    mid, half = (high + low) / 2, (high - low) / 2
+    rng = np.random.default_rng(action_seed)
+    generator = torch.Generator().manual_seed(noise_seed)
+    obs, _ = env.reset(seed=env_seed)
+    t = 0
+    with torch.no_grad():
+        while True:
+            obs32 = np.asarray(obs, np.float32).reshape(obs_dim)
+            if net is None:
+                action = rng.uniform(low, high).astype(np.float32)
+            else:
+                loc, scale = net(torch.from_numpy(obs32))
+                eps = torch.randn(act_dim, generator=generator)
+                action = (mid + half * torch.tanh(loc + scale * eps).numpy()).astype(np.float32)
+            if not np.isfinite(action).all():
+                raise GenerationError(
+                    f"{env_id}: the random policy produced a non-finite action {action.tolist()} "
+                    f"(chunk {index}, step {t})"
+                )
+            action = np.clip(action, low, high)
+            next_obs, reward, terminated, truncated, _ = env.step(action.reshape(space.shape))
+            obs_buf[t] = obs32
+            act_buf[t] = action
+            rew_buf[t] = reward
+            next_buf[t] = np.asarray(next_obs, np.float32).reshape(obs_dim)
+            term_buf[t] = bool(terminated)
+            trunc_buf[t] = bool(truncated) and not terminated
+            t += 1
+            if terminated or truncated:
+                if t >= target:
+                    break
+                obs, _ = env.reset()
+            else:
+                obs = next_obs
+    return {"observation": obs_buf[:t], "action": act_buf[:t], "reward": rew_buf[:t],
+            "next_observation": next_buf[:t], "terminated": term_buf[:t], "truncated": trunc_buf[:t]}
+
+
+# Worker-process state (set by _worker_init in each collection process).
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(net: torch.nn.Module | None) -> None:
+    torch.set_num_threads(1)
+    _WORKER["net"] = net
+    _WORKER["envs"] = {}
+
+
+def _worker_chunk(job: tuple) -> dict[str, np.ndarray]:
+    return _run_chunk(job, _WORKER["net"], _WORKER["envs"])
+
+
+def _this_module() -> Any:
+    """This module under its import name, also when it runs as ``python -m`` (``__main__``), so
+    that worker processes unpickle its functions by that name."""
+    return importlib.import_module("torchrl_opt.data.generate")
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """``forkserver`` (its server imports this module once; workers fork from it cheaply) where
+    the platform has it, else ``spawn`` (Windows). Never ``fork``: the parent may hold torch
+    thread pools that do not survive a fork."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["torchrl_opt.data.generate"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _chunk_error(env_id: str, index: int, exc: BaseException) -> GenerationError:
+    return GenerationError(
+        f"{env_id}: random collection chunk {index} failed: {type(exc).__name__}: {exc}"
+    )
+
+
+def collect_random_transitions(
+    env_id: str,
+    num_steps: int,
+    seed: int,
+    *,
+    random_policy: str = "uniform",
+    policy: ProbabilisticActor | None = None,
+    workers: int | None = None,
+    chunk_steps: int = DEFAULT_CHUNK_STEPS,
+    max_episode_steps: int | None = None,
+    progress: bool = True,
+) -> TensorDict:
+    """Collect exactly ``num_steps`` random transitions, in chunks spread over worker processes.
+
+    The run is split into ``ceil(num_steps / chunk_steps)`` chunks. Chunk ``i`` resets the env
+    with the seeds of :func:`chunk_seeds` ``(seed, i)`` and collects *whole episodes* until it holds
+    at least ``chunk_steps`` steps (the last chunk: the remainder); the chunks are concatenated in
+    index order and cut to ``num_steps``, the cut last step marked ``truncated``. Every other
+    episode is complete: ``terminated`` where the MDP ended, ``truncated`` at the time limit
+    (never a terminal), so episode boundaries never straddle chunks. The data depend only on
+    ``(env_id, num_steps, seed, random_policy, chunk_steps, max_episode_steps)``, not on
+    ``workers``.
+
+    Args:
+        random_policy: ``"uniform"`` (``a ~ U(low, high)``, the draws of a seeded
+            ``action_space.sample()``) or ``"init"`` (the stochastic, freshly initialised actor of
+            :func:`make_init_policy`).
+        policy: the ``init`` actor (default ``make_init_policy(env_id, seed)``); its
+            ``(loc, scale)`` network is sent to the workers.
+        workers: see :func:`resolve_workers`; never more than the number of chunks. ``1`` collects
+            in this process (torch limited to one thread meanwhile, as in the workers, so the
+            ``init`` actions are bitwise the same).
+        chunk_steps: steps per chunk; part of the data's identity.
+        progress: one tqdm bar over all chunks.
+
+    Returns:
+        flat TensorDict ``[num_steps]`` in TorchRL's layout (see :mod:`torchrl_opt.data.datasets`).
+
+    Raises:
+        GenerationError: a chunk failed (raised in its worker; the pool is shut down, the workers
+            joined), or the env/policy do not fit.
+    """
+    from tqdm.auto import tqdm
+
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if chunk_steps < 1:
+        raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    _check_random_policy(random_policy)
+    if policy is not None and random_policy != "init":
+        raise ValueError("policy= is the init actor; it needs random_policy='init'")
+    obs_dim, low, high, _ = _probe_env(env_id, max_episode_steps)
+    net = None
+    if random_policy == "init":
+        actor = policy if policy is not None else make_init_policy(
+            env_id, seed, max_episode_steps=max_episode_steps)
+        net = _loc_scale_net(actor)
+        _check_init_net(net, obs_dim, low.shape[0], env_id)
+    targets = _chunk_targets(int(num_steps), int(chunk_steps))
+    jobs = [(i, env_id, max_episode_steps, target, int(seed), low, high)
+            for i, target in enumerate(targets)]
+    n_workers = min(resolve_workers(workers), len(jobs))
+    chunks: list[dict[str, np.ndarray] | None] = [None] * len(jobs)
+    with tqdm(total=num_steps, desc=f"collect {env_id} ({random_policy}, {n_workers} proc)",
+              disable=not progress, unit="step") as bar:
+        done = 0
+
+        def record(index: int, chunk: dict[str, np.ndarray]) -> None:
+            nonlocal done
+            chunks[index] = chunk
+            step = min(len(chunk["reward"]), num_steps - done)
+            done += step
+            bar.update(step)
+
+        if n_workers == 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            envs: dict = {}
+            try:
+                for job in jobs:
+                    try:
+                        record(job[0], _run_chunk(job, net, envs))
+                    except Exception as exc:
+                        raise _chunk_error(env_id, job[0], exc) from exc
+            finally:
+                torch.set_num_threads(threads)
+                for env in envs.values():
+                    env.close()
+        else:
+            module = _this_module()
+            pool = _futures.ProcessPoolExecutor(
+                max_workers=n_workers, mp_context=_mp_context(), initializer=module._worker_init,
+                initargs=(net,),
+            )
+            try:
+                futures = {pool.submit(module._worker_chunk, job): job[0] for job in jobs}
+                for future in _futures.as_completed(futures):
+                    index = futures[future]
+                    try:
+                        record(index, future.result())
+                    except BrokenProcessPool as exc:
+                        raise GenerationError(
+                            f"{env_id}: a collection worker process died (chunk {index}): {exc} "
+                            "A script that collects with workers > 1 must start it under "
+                            "`if __name__ == '__main__':` (workers re-import the main module)."
+                        ) from exc
+                    except Exception as exc:
+                        raise _chunk_error(env_id, index, exc) from exc
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+    columns = {key: np.concatenate([c[key] for c in chunks])[:num_steps] for key in chunks[0]}
+    if not (columns["terminated"][-1] or columns["truncated"][-1]):
+        columns["truncated"][-1] = True
+    return _assemble(columns["observation"], columns["action"], columns["reward"],
+                     columns["next_observation"], columns["terminated"], columns["truncated"])
+
+
+def generated_dataset_id(task: str, kind: str, *, size: int | None = None, seed: int = 0,
+                         random_policy: str = "uniform") -> str:
+    """Local Minari id of a generated dataset.
+
+    :func:`~torchrl_opt.data.datasets.local_dataset_id` with the random policy in the name when
+    it is not the default: ``torchrl-opt/hopper/random-v0`` (uniform),
+    ``torchrl-opt/hopper/random-init-n1000-seed3-v0`` (init).
+    """
+    _check_random_policy(random_policy)
+    if random_policy != "uniform" and kind != "random":
+        raise ValueError(
+            f"random_policy={random_policy!r} applies only to kind 'random', not {kind!r}"
+        )
+    name = kind if random_policy == "uniform" else f"{kind}-{random_policy}"
+    return local_dataset_id(task, name, size=size, seed=seed, default_size=DEFAULT_SIZE)
 
 
 def target_return(task: str, target_score: float | None = None) -> float:
@@ -437,6 +866,8 @@ def generate_dataset(
     progress: bool = True,
     author: str = "torchrl-opt",
     trainer: Callable[..., Any] | None = None,
+    random_policy: str = "uniform",
+    workers: int | None = None,
 ) -> GeneratedDataset:
     """Generate a D4RL-style dataset for a MuJoCo task and save it as a local Minari dataset.
 
@@ -444,7 +875,7 @@ def generate_dataset(
         task, kind: registry keys (``"walker2d"``, one of ``random, medium, medium-replay, expert``).
         size: transitions to collect (default 1M; ignored by ``medium-replay``).
         seed: seeds the agent's training (``seed``) and the collection (``seed + 1`` for trained
-            policies, ``seed`` for random).
+            policies; for random, the chunk seeds of :func:`chunk_seeds` and the ``init`` actor).
         target_score / target_return_value: medium target as a normalised score (x100) or a raw
             return; default: the registry's ``medium_target_score``.
         max_env_steps: training budget of the behaviour agent.
@@ -453,6 +884,12 @@ def generate_dataset(
         overwrite: replace an existing dataset of the same id.
         allow_below_target: for ``medium``/``medium-replay``, warn instead of raising
             :class:`TargetNotReachedError` when the target was not reached.
+        random_policy: ``random`` kind only: ``"uniform"`` (default) or ``"init"`` (D4RL's freshly
+            initialised SAC actor, :func:`make_init_policy`; saved as ``policy.pt``). Part of the
+            dataset id (:func:`generated_dataset_id`) and of its metadata.
+        workers: processes of the random collection (:func:`resolve_workers`; the data do not
+            depend on it). The behaviour agent of the other kinds and its collection run in this
+            process.
 
     Raises:
         UnknownDatasetError: unknown task / kind; GenerationError for non-MuJoCo tasks;
@@ -470,8 +907,14 @@ def generate_dataset(
         size = DEFAULT_SIZE
     if size is not None and size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
+    _check_random_policy(random_policy)
+    if random_policy != "uniform" and kind != "random":
+        raise ValueError(
+            f"random_policy={random_policy!r} applies only to kind 'random', not {kind!r}"
+        )
     if dataset_id is None:
-        dataset_id = local_dataset_id(task, kind, size=size, seed=seed, default_size=DEFAULT_SIZE)
+        dataset_id = generated_dataset_id(task, kind, size=size, seed=seed,
+                                          random_policy=random_policy)
     if _dataset_exists(dataset_id) and not overwrite:
         raise DatasetExistsError(
             f"Dataset {dataset_id!r} already exists under {minari_root()}; pass overwrite=True "
@@ -498,9 +941,32 @@ def generate_dataset(
     }
     files: dict[str, bytes] = {}
     if kind == "random":
-        meta["policy"] = "uniform random actions (D4RL 'random')"
-        data = collect_transitions(None, env_id, size, seed, max_episode_steps=max_episode_steps,
-                                   progress=progress)
+        actor = None
+        if random_policy == "init":
+            actor = make_init_policy(env_id, seed, max_episode_steps=max_episode_steps)
+            meta["policy"] = (
+                "freshly initialised tanh-Gaussian SAC actor (D4RL 'random'), "
+                f"{'-'.join(map(str, INIT_POLICY_HIDDEN))} ReLU MLP, output layer "
+                f"U(-{INIT_OUTPUT_SCALE}, {INIT_OUTPUT_SCALE}), stochastic; checkpoint in {POLICY_FILE}"
+            )
+            files[POLICY_FILE] = _checkpoint_bytes({
+                "actor": actor.state_dict(), "hidden": list(INIT_POLICY_HIDDEN),
+                "random_policy": "init", "seed": int(seed),
+            })
+        else:
+            meta["policy"] = "uniform random actions U(low, high) (action_space.sample() draws)"
+        n_workers = min(resolve_workers(workers), math.ceil(size / DEFAULT_CHUNK_STEPS))
+        meta.update(random_policy=random_policy, chunk_steps=DEFAULT_CHUNK_STEPS,
+                    workers=n_workers,
+                    seeding="chunk i: numpy SeedSequence(seed, spawn_key=(0, i)); "
+                            "init actor: SeedSequence(seed, spawn_key=(1,))")
+        start = time.perf_counter()
+        data = collect_random_transitions(
+            env_id, size, seed, random_policy=random_policy, policy=actor, workers=n_workers,
+            chunk_steps=DEFAULT_CHUNK_STEPS, max_episode_steps=max_episode_steps,
+            progress=progress,
+        )
+        meta["collection_seconds"] = round(time.perf_counter() - start, 3)
     else:
         train = trainer if trainer is not None else _default_trainer()
         if kind in ("medium", "medium-replay"):
@@ -569,23 +1035,30 @@ def generate_dataset(
     return GeneratedDataset(dataset_id, path, int(data.shape[0]), int(returns.shape[0]), meta)
 
 
-def ensure_dataset(task: str, kind: str, size: int | None = None, seed: int = 0,
+def ensure_dataset(task: str, kind: str, size: int | None = None, seed: int = 0, *,
+                   random_policy: str = "uniform", workers: int | None = None,
                    **kwargs: Any) -> str:
-    """Return the local Minari id of ``(task, kind, size, seed)``, generating it on first use.
+    """Return the local Minari id of ``(task, kind, size, seed, random_policy)``, generating it on
+    first use.
 
     A cached dataset is reused when its ``torchrl_opt_metadata.json`` records the same task, kind,
-    seed and requested size; a dataset of that id built differently raises
-    :class:`DatasetExistsError` (regenerate it with ``overwrite=True``). ``kwargs`` go to
-    :func:`generate_dataset`.
+    seed and requested size, and for ``random`` the same ``random_policy`` and ``chunk_steps``
+    (datasets of the earlier, sequential random generator record neither and are rejected); a
+    dataset of that id built differently raises :class:`DatasetExistsError` (regenerate it with
+    ``overwrite=True``). ``workers`` is not part of the identity (the data do not depend on it).
+    ``kwargs`` go to :func:`generate_dataset`.
     """
+    _check_random_policy(random_policy)
     requested = None if kind == "medium-replay" else (DEFAULT_SIZE if size is None else size)
-    dataset_id = kwargs.pop("dataset_id", None) or local_dataset_id(
-        task, kind, size=requested, seed=seed, default_size=DEFAULT_SIZE
+    dataset_id = kwargs.pop("dataset_id", None) or generated_dataset_id(
+        task, kind, size=requested, seed=seed, random_policy=random_policy
     )
     if _dataset_exists(dataset_id) and not kwargs.get("overwrite", False):
         meta_path = minari_root() / dataset_id / METADATA_FILE
         found = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         wanted = {"task": task, "kind": kind, "seed": seed, "size_requested": requested}
+        if kind == "random":
+            wanted.update(random_policy=random_policy, chunk_steps=DEFAULT_CHUNK_STEPS)
         got = {k: found.get(k) for k in wanted}
         if got != wanted:
             raise DatasetExistsError(
@@ -593,7 +1066,8 @@ def ensure_dataset(task: str, kind: str, size: int | None = None, seed: int = 0,
                 "regenerate it with overwrite=True"
             )
         return dataset_id
-    generate_dataset(task, kind, size=requested, seed=seed, dataset_id=dataset_id, **kwargs)
+    generate_dataset(task, kind, size=requested, seed=seed, dataset_id=dataset_id,
+                     random_policy=random_policy, workers=workers, **kwargs)
     return dataset_id
 
 
@@ -628,6 +1102,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-below-target", action="store_true",
                    help="keep a medium dataset whose agent missed the target (warns loudly)")
     p.add_argument("--author", default="torchrl-opt")
+    p.add_argument("--random-policy", default="uniform", choices=RANDOM_POLICIES,
+                   help="random kind: uniform actions (default) or a freshly initialised SAC actor")
+    p.add_argument("--workers", type=int, default=None,
+                   help="random collection processes (default / 0: one per core, at most "
+                        f"{MAX_AUTO_WORKERS}; 1: this process); the data do not depend on it")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -643,9 +1122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             eval_episodes=args.eval_episodes, max_episode_steps=args.max_episode_steps,
             dataset_id=args.dataset_id, overwrite=args.overwrite,
             allow_below_target=args.allow_below_target, progress=not args.no_progress,
-            author=args.author,
+            author=args.author, random_policy=args.random_policy, workers=args.workers,
         )
-    except DatasetError as exc:
+    except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     m = result.metadata
