@@ -22,6 +22,7 @@ OBS, ACT, BATCH, HIDDEN = 3, 2, 7, (5,)
 GAMMA = 0.9
 EXPECTILE = 0.7
 TEMPERATURE = 3.0
+key = OPTIQLLoss.critic_key  # Q_off/V_off entries: TorchRL's names; the online pair's: "_on"
 GROUPS = (
     "actor_network_params",
     "qvalue_off_network_params",
@@ -53,8 +54,10 @@ def _networks(dtype: torch.dtype = torch.float32) -> dict:
 
 
 def _make_loss(nets: dict, online: bool = True, **kwargs) -> OPTIQLLoss:
+    # the IQL paper's MuJoCo choices (TorchRL's defaults are tested in test_torchrl_parity.py)
     kwargs.setdefault("expectile", EXPECTILE)
     kwargs.setdefault("temperature", TEMPERATURE)
+    kwargs.setdefault("loss_function", "l2")
     if online:
         loss = OPTIQLLoss(
             nets["actor"], nets["q_off"], nets["v_off"], nets["q_on"], nets["v_on"], **kwargs
@@ -179,7 +182,10 @@ def test_value_losses_match_hand_with_target_critics():
     _perturb_(loss.target_qvalue_off_network_params)
     _perturb_(loss.target_qvalue_on_network_params)
     td = _batch()
-    out = loss.value_loss(td)
+    out = loss.value_losses(td)
+    total, metadata = loss.value_loss(td)
+    torch.testing.assert_close(total, out["loss_value"] + out["loss_value_on"])
+    assert set(metadata) == {"state_value", "state_value_on"}
     for critic in ("off", "on"):
         qbar = _hand_q(
             getattr(loss, f"target_qvalue_{critic}_network_params"), td["observation"], td["action"]
@@ -187,8 +193,8 @@ def test_value_losses_match_hand_with_target_critics():
         v = _hand_v(getattr(loss, f"value_{critic}_network_params"), td["observation"])
         u = qbar - v
         expected = ((EXPECTILE - (u < 0).float()).abs() * u**2).mean()
-        torch.testing.assert_close(out[f"loss_value_{critic}"], expected)
-        torch.testing.assert_close(out[f"state_value_{critic}"], v.mean())
+        torch.testing.assert_close(out[key("loss_value", critic)], expected)
+        torch.testing.assert_close(out[key("state_value", critic)], v.mean())
         # the live critic would give a different loss: the target is really Qbar
         q_live = _hand_q(
             getattr(loss, f"qvalue_{critic}_network_params"), td["observation"], td["action"]
@@ -202,7 +208,9 @@ def test_qvalue_losses_match_hand_td_target_with_terminals():
     loss = _make_loss(nets)
     _perturb_(loss.target_qvalue_off_network_params)
     td = _batch()
-    out = loss.qvalue_loss(td)
+    out = loss.qvalue_losses(td)
+    total, metadata = loss.qvalue_loss(td)
+    torch.testing.assert_close(total, out["loss_qvalue"] + out["loss_qvalue_on"])
     reward = td["next", "reward"].squeeze(-1)
     not_terminal = (~td["next", "terminated"]).float().squeeze(-1)
     assert not_terminal[2] == 0 and not_terminal[4] == 1  # truncation still bootstraps
@@ -213,9 +221,10 @@ def test_qvalue_losses_match_hand_td_target_with_terminals():
             getattr(loss, f"qvalue_{critic}_network_params"), td["observation"], td["action"]
         )
         expected = ((q - y) ** 2).sum(0).mean()
-        torch.testing.assert_close(out[f"loss_qvalue_{critic}"], expected)
-        torch.testing.assert_close(out[f"target_value_{critic}"], y.mean())
-        torch.testing.assert_close(out[f"pred_value_{critic}"], q.mean())
+        torch.testing.assert_close(out[key("loss_qvalue", critic)], expected)
+        torch.testing.assert_close(out[key("target_value", critic)], y.mean())
+        torch.testing.assert_close(out[key("pred_value", critic)], q.mean())
+        torch.testing.assert_close(metadata[key("td_error", critic)], (q - y).pow(2))
     # the terminal sample's target is the reward alone
     v_next = _hand_v(loss.value_off_network_params, td["next", "observation"])
     assert v_next[2].abs() > 1e-6
@@ -235,9 +244,9 @@ def test_actor_loss_matches_eq9(kappa):
     weight = torch.exp(TEMPERATURE * a_mix).clamp(max=100.0)
     log_prob = _hand_log_prob(nets["actor"], td["observation"], td["action"])
     torch.testing.assert_close(loss_actor, -(weight * log_prob).mean())
-    torch.testing.assert_close(metadata["advantage"], a_mix.mean())
+    torch.testing.assert_close(metadata["advantage_mix"], a_mix.mean())
     torch.testing.assert_close(metadata["weight"], weight.mean())
-    torch.testing.assert_close(metadata["advantage_off"], a_off.mean())
+    torch.testing.assert_close(metadata["advantage"], a_off.mean())
     torch.testing.assert_close(metadata["advantage_on"], a_on.mean())
     torch.testing.assert_close(metadata["entropy"], -log_prob.mean())
 
@@ -288,16 +297,20 @@ def test_priority_weights_and_reduction():
     per_sample.load_state_dict(loss.state_dict())
     out_none = per_sample(td)
     out_mean = loss(td)
-    for key in ("loss_actor", "loss_value_off", "loss_value_on", "loss_qvalue_off", "loss_qvalue_on"):
-        assert out_none[key].shape == (BATCH,)
-        torch.testing.assert_close(out_none[key].mean(), out_mean[key])
+    for k in ("loss_actor", "loss_value", "loss_value_on", "loss_qvalue", "loss_qvalue_on"):
+        assert out_none[k].shape == (BATCH,)
+        torch.testing.assert_close(out_none[k].mean(), out_mean[k])
+    # per-sample diagnostics under reduction="none" (TorchRL's shapes), means otherwise
+    assert out_none["pred_value_on"].shape == (2, BATCH) and out_none["weight"].shape == (BATCH,)
+    for k in ("pred_value_on", "state_value", "weight", "entropy", "advantage_mix"):
+        torch.testing.assert_close(out_none[k].mean(), out_mean[k])
     weights = torch.rand(BATCH)
     td_w = td.clone()
     td_w["priority_weight"] = weights
     out_w = loss(td_w)
-    for key in ("loss_actor", "loss_value_off", "loss_qvalue_on"):
+    for k in ("loss_actor", "loss_value", "loss_qvalue_on"):
         # TorchRL's weighted mean: sum(w * l) / sum(w)
-        torch.testing.assert_close(out_w[key], (out_none[key] * weights).sum() / weights.sum())
+        torch.testing.assert_close(out_w[k], (out_none[k] * weights).sum() / weights.sum())
 
 
 # ---------------------------------------------------------------------------- TorchRL parity
@@ -324,21 +337,21 @@ def test_plain_iql_equals_torchrl_iqlloss(online):
     out_ref = ref(td.clone())
     pairs = {
         "loss_actor": "loss_actor",
-        "loss_value_off": "loss_value",
-        "loss_qvalue_off": "loss_qvalue",
+        "loss_value": "loss_value",
+        "loss_qvalue": "loss_qvalue",
         "entropy": "entropy",
     }
-    for key, key_ref in pairs.items():
-        torch.testing.assert_close(out[key], out_ref[key_ref])
+    for k, key_ref in pairs.items():
+        torch.testing.assert_close(out[k], out_ref[key_ref])
     # gradients: actor and V parameters are the same leaves in both losses, Q are stacked copies
     groups = ("actor_network_params", "value_off_network_params", "qvalue_off_network_params")
     groups_ref = ("actor_network_params", "value_network_params", "qvalue_network_params")
-    for key, key_ref in list(pairs.items())[:3]:
-        g = _grads(out[key], ours, groups)
+    for k, key_ref in list(pairs.items())[:3]:
+        g = _grads(out[k], ours, groups)
         g_ref = _grads(out_ref[key_ref], ref, groups_ref)
         for group, group_ref in zip(groups, groups_ref):
             for mine, theirs in zip(g[group], g_ref[group_ref]):
-                assert (mine is None) == (theirs is None), (key, group)
+                assert (mine is None) == (theirs is None), (k, group)
                 if mine is not None:
                     torch.testing.assert_close(mine, theirs)
 
@@ -351,17 +364,17 @@ def test_each_loss_reaches_only_its_parameters():
     out = loss(td)
     expected = {
         "loss_actor": {"actor_network_params"},
-        "loss_value_off": {"value_off_network_params"},
+        "loss_value": {"value_off_network_params"},
         "loss_value_on": {"value_on_network_params"},
-        "loss_qvalue_off": {"qvalue_off_network_params"},
+        "loss_qvalue": {"qvalue_off_network_params"},
         "loss_qvalue_on": {"qvalue_on_network_params"},
     }
-    for key, groups in expected.items():
-        assert _reached(_grads(out[key], loss)) == groups, key
+    for k, groups in expected.items():
+        assert _reached(_grads(out[k], loss)) == groups, k
     # the diagnostics are detached
-    for key in loss.out_keys:
-        if not key.startswith("loss_"):
-            assert not out[key].requires_grad, key
+    for k in loss.out_keys:
+        if not k.startswith("loss_"):
+            assert not out[k].requires_grad, k
     # target parameters are buffers: no gradient, ever
     targets = [
         loss.target_qvalue_off_network_params,
@@ -381,7 +394,7 @@ def test_online_pretrain_loss_reaches_only_online_pair():
     total, metadata = loss.online_pretrain_loss(td)
     assert _reached(_grads(total, loss)) == {"qvalue_on_network_params", "value_on_network_params"}
     torch.testing.assert_close(
-        total, loss.value_loss(td)["loss_value_on"] + loss.qvalue_loss(td)["loss_qvalue_on"]
+        total, loss.value_losses(td)["loss_value_on"] + loss.qvalue_losses(td)["loss_qvalue_on"]
     )
     torch.testing.assert_close(metadata["loss_value_on"] + metadata["loss_qvalue_on"], total.detach())
     # Q_on's TD target does not train V_on; V_on's expectile target does not train Q_on
@@ -540,7 +553,7 @@ def test_compiled_forward_backward_matches_eager():
     loss = _make_loss(nets, kappa=0.4)
     _perturb_(loss.target_qvalue_off_network_params)
     td = _batch()
-    keys = ["loss_actor", "loss_value_off", "loss_value_on", "loss_qvalue_off", "loss_qvalue_on"]
+    keys = ["loss_actor", "loss_value", "loss_value_on", "loss_qvalue", "loss_qvalue_on"]
 
     def step(batch):
         out = loss(batch)
@@ -585,3 +598,45 @@ def test_compiled_functional_online_pretrain_grad_matches_eager():
     torch.testing.assert_close(v_comp, v_eager, rtol=1e-5, atol=1e-6)
     for key, value in g_eager.items(True, True):
         torch.testing.assert_close(g_comp[key], value, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the pipeline's protocol
+def test_step_methods_keys_groups_and_functional_steps():
+    """The TensorDict step methods (``value_losses``/``qvalue_losses``) and their key and group
+    names drive a FunctionalStep to the eager Adam step on ``value_parameters()``."""
+    from torchrl_opt.pipeline.functional import make_functional_step
+
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        losses.append(_make_loss(_networks(), kappa=0.5))
+    eager, functional = losses
+    assert eager.value_loss_keys == ("loss_value", "loss_value_on")
+    assert eager.qvalue_loss_keys == ("loss_qvalue", "loss_qvalue_on")
+    assert eager.value_param_names == ("value_off_network_params", "value_on_network_params")
+    assert {id(p) for p in eager.value_parameters()} == {
+        id(p) for g in eager.value_param_names for p in getattr(eager, g).values(True, True)
+    }
+    td = _batch()
+    opt = torch.optim.Adam(eager.value_parameters(), lr=1e-2)
+    out = eager.value_losses(td)
+    sum(out[k] for k in eager.value_loss_keys).backward()
+    opt.step()
+    step = make_functional_step(functional, functional.value_param_names, functional.value_losses,
+                                functional.value_loss_keys, 1e-2)
+    metrics = step(td)
+    torch.testing.assert_close(metrics["loss_value_on"], out["loss_value_on"].detach())
+    for p, q in zip(functional.value_parameters(), eager.value_parameters()):
+        torch.testing.assert_close(p, q)
+    assert "td_error" not in td.keys()  # the step methods never write into their input
+
+
+def test_missing_keys_are_named():
+    from torchrl_opt.objectives.common import LossInputError
+
+    loss = _make_loss(_networks(), kappa=0.5)
+    td = _batch()
+    with pytest.raises(LossInputError, match=r"OPTIQLLoss.qvalue_losses needs .*\('next', 'observation'\)"):
+        loss.qvalue_losses(td.exclude(("next", "observation")))
+    with pytest.raises(LossInputError, match=r"OPTIQLLoss.actor_loss needs the input key\(s\) \['action'\]"):
+        loss.actor_loss(td.exclude("action"))

@@ -8,6 +8,7 @@ from _helpers import ACT_DIM, OBS_DIM, action_spec, transition_batch, zero_grads
 from tensordict import TensorDict
 
 from torchrl_opt.models import make_qvalue_ensemble, make_td3_actor
+from torchrl_opt.objectives.common import LossInputError
 from torchrl_opt.objectives.meta import MetaAdaptationLoss
 from torchrl_opt.objectives.td3_opt import OPTLoss
 
@@ -24,6 +25,7 @@ def _opt_loss(dtype=torch.float64) -> OPTLoss:
         action_spec=spec,
         kappa=0.5,
         policy_noise=0.0,  # deterministic targets, so finite differences are exact up to O(eps^2)
+        loss_function="l2",
     )
     return loss.to(dtype)
 
@@ -146,6 +148,34 @@ def test_only_q_on_receives_gradients():
             assert p.grad is None, name
 
 
+def test_default_order_is_first_order():
+    loss = _opt_loss()
+    batches = _batches()
+    assert MetaAdaptationLoss(loss).order == 1
+    meta = MetaAdaptationLoss(loss, alpha=ALPHA)
+    zero_grads(loss)
+    meta(batches)["loss_pretrain"].backward()
+    default = [p.grad.clone() for p in meta.online_parameters()]
+    for a, b in zip(default, _meta_grad(loss, batches, order=1)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert any(not torch.allclose(a, b) for a, b in zip(default, _meta_grad(loss, batches, order=2)))
+
+
+def test_flat_or_incomplete_input_names_the_layout():
+    loss = _opt_loss()
+    meta = MetaAdaptationLoss(loss)
+    flat = transition_batch(4, dtype=torch.float64)
+    with pytest.raises(LossInputError, match=r"(?s)'offline'.*'online'.*lacks \['offline', 'online'\]"
+                       r".*TensorDict\(offline=offline_batch, online=online_batch\)"):
+        meta(flat)
+    with pytest.raises(LossInputError, match=r"lacks \['online'\]"):
+        meta(TensorDict(offline=flat))
+    # a sub-batch missing a transition key: the wrapped loss names it
+    broken = TensorDict(offline=flat, online=flat.exclude(("next", "reward")))
+    with pytest.raises(LossInputError, match=r"(?s)OPTLoss.qvalue_on_loss.*\('next', 'reward'\)"):
+        meta(broken)
+
+
 def test_bad_configuration():
     loss = _opt_loss()
     with pytest.raises(ValueError, match="mode"):
@@ -157,11 +187,12 @@ def test_bad_configuration():
 
 
 @pytest.mark.compile
-def test_meta_loss_compiles_without_graph_breaks():
+@pytest.mark.parametrize("order", [1, 2])
+def test_meta_loss_compiles_without_graph_breaks(order):
     loss = _opt_loss(torch.float32)
     loss.policy_noise = 0.2
     batches = _batches(torch.float32)
-    meta = MetaAdaptationLoss(loss, alpha=ALPHA)
+    meta = MetaAdaptationLoss(loss, alpha=ALPHA, order=order)
 
     def step(td):
         return meta(td)["loss_pretrain"]
@@ -179,3 +210,30 @@ def test_meta_loss_compiles_without_graph_breaks():
     torch.testing.assert_close(compiled_value, eager_value, rtol=1e-5, atol=1e-6)
     for a, b in zip(meta.online_parameters(), eager_grads):
         torch.testing.assert_close(a.grad, b, rtol=1e-4, atol=1e-6)
+
+
+def test_seed_batched_pretrain_step_equals_single_runs():
+    """The default (first-order) meta step under ``vmap`` over 2 seeds (SeedBatchedStep) equals
+    each seed's own functional step."""
+    from torchrl_opt.pipeline.functional import SeedBatchedStep, make_functional_step
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return _opt_loss(torch.float32)
+
+    singles = [build(0), build(1)]
+    stacked = [build(0), build(1)]
+    batches = _batches(torch.float32)
+
+    def step_of(loss):
+        return make_functional_step(loss, loss.online_param_names,
+                                    MetaAdaptationLoss(loss, alpha=ALPHA), ("loss_pretrain",), 1e-2)
+
+    expected = [step_of(loss)(batches)["loss_pretrain"] for loss in singles]
+    batched = SeedBatchedStep(stacked, step_of(stacked[0]))
+    out = batched(torch.stack([batches, batches], 0))
+    torch.testing.assert_close(out["loss_pretrain"], torch.stack(expected), rtol=1e-5, atol=1e-6)
+    for single, seed in zip(singles, stacked):
+        for p, q in zip(single.online_params().values(True, True),
+                        seed.online_params().values(True, True)):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)

@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 from _helpers import ACT_DIM, OBS_DIM, action_spec, transition_batch, zero_grads
 from torch import nn
-from torchrl.objectives import SoftUpdate, TD3Loss
+from torchrl.objectives import SoftUpdate
 from torchrl.objectives.utils import ValueEstimators
 
 from torchrl_opt.models import make_qvalue_ensemble, make_td3_actor
 from torchrl_opt.objectives.td3_opt import OPTLoss
 
 GAMMA = 0.99
+key = OPTLoss.critic_key  # Q_off's entries: TorchRL's names; Q_on's: suffix "_on"
 
 
 def _nets(hidden=(16,)):
@@ -59,33 +60,10 @@ def _reference_target(loss, q_off_modules, q_on_modules, batch, noise):
     return out
 
 
-def test_kappa_zero_without_q_on_equals_torchrl_td3():
-    spec, actor, q_off, _ = _nets()
-    batch = transition_batch(16)
-    ref = TD3Loss(copy.deepcopy(actor), copy.deepcopy(q_off), action_spec=spec, loss_function="l2")
-    ours = OPTLoss(copy.deepcopy(actor), copy.deepcopy(q_off), action_spec=spec)
-    torch.manual_seed(7)
-    out_ref = ref(batch.clone())
-    torch.manual_seed(7)
-    out = ours(batch.clone())
-    torch.testing.assert_close(out["loss_actor"], out_ref["loss_actor"])
-    torch.testing.assert_close(out["loss_qvalue_off"], out_ref["loss_qvalue"])
-    (out_ref["loss_actor"] + out_ref["loss_qvalue"]).backward()
-    (out["loss_actor"] + out["loss_qvalue_off"]).backward()
-    for a, b in zip(
-        ref.actor_network_params.values(True, True), ours.actor_network_params.values(True, True)
-    ):
-        torch.testing.assert_close(a.grad, b.grad)
-    for a, b in zip(
-        ref.qvalue_network_params.values(True, True),
-        ours.qvalue_off_network_params.values(True, True),
-    ):
-        torch.testing.assert_close(a.grad, b.grad)
-
-
 def test_critic_losses_match_hand_computation_with_smoothing_clip():
     spec, actor, q_off, q_on = _nets()
-    loss = OPTLoss(actor, q_off, q_on, action_spec=spec, policy_noise=0.6, noise_clip=0.3)
+    loss = OPTLoss(actor, q_off, q_on, action_spec=spec, policy_noise=0.6, noise_clip=0.3,
+                   loss_function="l2")
     _perturb_targets(loss)
     batch = transition_batch(32)
     torch.manual_seed(11)
@@ -102,8 +80,8 @@ def test_critic_losses_match_hand_computation_with_smoothing_clip():
             params[i].to_module(m)
             q = _q(m, batch["observation"], batch["action"])
             expected = expected + ((q - targets[name]) ** 2).mean()
-        torch.testing.assert_close(out[f"loss_qvalue_{name}"], expected)
-        torch.testing.assert_close(out[f"target_value_{name}"], targets[name].mean())
+        torch.testing.assert_close(out[key("loss_qvalue", name)], expected)
+        torch.testing.assert_close(out[key("target_value", name)], targets[name].mean())
 
 
 def test_smoothed_action_is_clamped_to_bounds():
@@ -127,7 +105,8 @@ def test_actor_loss_is_eq4_mix(kappa):
     q_on_1 = _q(q_on[0], batch["observation"], act)
     expected = -((1 - kappa) * q_off_1 + kappa * q_on_1).mean()
     torch.testing.assert_close(value, expected)
-    torch.testing.assert_close(metadata["state_action_value_on"], q_on_1.mean())
+    torch.testing.assert_close(metadata["state_action_value_actor_on"], q_on_1.mean())
+    torch.testing.assert_close(metadata["state_action_value_actor"], q_off_1.mean())
 
 
 def test_kappa_buffer_written_in_place_changes_the_loss():
@@ -273,7 +252,7 @@ def test_compiled_forward_backward_matches_eager_and_sees_new_kappa():
 
     def total(loss, td):
         out = loss(td)
-        return out["loss_actor"] + out["loss_qvalue_off"] + out["loss_qvalue_on"]
+        return out["loss_actor"] + out["loss_qvalue"] + out["loss_qvalue_on"]
 
     compiled = torch.compile(total, fullgraph=True)
     # Inductor draws its own random numbers unless told to fall back to eager's RNG.
@@ -369,11 +348,11 @@ def test_fused_critic_step_equals_unfused(kwargs, estimator):
     torch.manual_seed(3)
     out_u = unfused.qvalue_losses(batch.clone())
     assert set(out_f.keys()) == set(out_u.keys()) == {
-        f"{kind}_{c}" for kind in ("loss_qvalue", "pred_value", "target_value")
+        key(kind, c) for kind in ("loss_qvalue", "pred_value", "target_value", "next_state_value")
         for c in ("off", "on")
     }
-    for key in list(out_u.keys()):
-        torch.testing.assert_close(out_f[key], out_u[key], rtol=1e-6, atol=1e-7, msg=key)
+    for k in list(out_u.keys()):
+        torch.testing.assert_close(out_f[k], out_u[k], rtol=1e-6, atol=1e-7, msg=k)
     # independent check of one piece: the unfused path is itself the per-twin _critic_loss
     torch.manual_seed(3)
     next_td = unfused.smoothed_next_action(batch.clone())
@@ -381,14 +360,14 @@ def test_fused_critic_step_equals_unfused(kwargs, estimator):
     torch.testing.assert_close(out_f["loss_qvalue_on"], loss_on, rtol=1e-6, atol=1e-7)
 
     # different weights on the two twins so that a mixed-up gradient cannot pass
-    (out_f["loss_qvalue_off"] + 3 * out_f["loss_qvalue_on"]).backward()
-    (out_u["loss_qvalue_off"] + 3 * out_u["loss_qvalue_on"]).backward()
+    (out_f["loss_qvalue"] + 3 * out_f["loss_qvalue_on"]).backward()
+    (out_u["loss_qvalue"] + 3 * out_u["loss_qvalue_on"]).backward()
     for group in ("qvalue_off_network_params", "qvalue_on_network_params"):
-        for key, p_f in getattr(fused, group).items(True, True):
-            p_u = getattr(unfused, group).get(key)
-            assert p_f.grad is not None and p_u.grad is not None, (group, key)
+        for k, p_f in getattr(fused, group).items(True, True):
+            p_u = getattr(unfused, group).get(k)
+            assert p_f.grad is not None and p_u.grad is not None, (group, k)
             torch.testing.assert_close(
-                p_f.grad, p_u.grad, rtol=1e-5, atol=1e-7, msg=f"{group} {key}"
+                p_f.grad, p_u.grad, rtol=1e-5, atol=1e-7, msg=f"{group} {k}"
             )
     for group in ("actor_network_params", "target_qvalue_off_network_params",
                   "target_qvalue_on_network_params", "target_actor_network_params"):
@@ -398,14 +377,14 @@ def test_fused_critic_step_equals_unfused(kwargs, estimator):
 def test_fused_loss_of_one_twin_gives_the_other_zero_gradient():
     fused, unfused = _twin_losses()
     batch = transition_batch(8)
-    for key in ("loss_qvalue_on", "loss_qvalue_off"):
+    for name in ("loss_qvalue_on", "loss_qvalue"):
         zero_grads(fused)
         zero_grads(unfused)
         torch.manual_seed(4)
-        fused.qvalue_losses(batch.clone())[key].backward()
+        fused.qvalue_losses(batch.clone())[name].backward()
         torch.manual_seed(4)
-        unfused.qvalue_losses(batch.clone())[key].backward()
-        trained, other = ("on", "off") if key.endswith("on") else ("off", "on")
+        unfused.qvalue_losses(batch.clone())[name].backward()
+        trained, other = ("on", "off") if name.endswith("on") else ("off", "on")
         for (k, p_f), p_u in zip(
             getattr(fused, f"qvalue_{trained}_network_params").items(True, True),
             getattr(unfused, f"qvalue_{trained}_network_params").values(True, True),
@@ -426,21 +405,21 @@ def test_fused_actor_loss_equals_unfused(kwargs):
     value_u, meta_u = unfused.actor_loss(batch)
     torch.testing.assert_close(value_f, value_u, rtol=1e-6, atol=1e-7)
     assert meta_f.keys() == meta_u.keys()
-    for key in meta_u:
-        torch.testing.assert_close(meta_f[key], meta_u[key], rtol=1e-6, atol=1e-7, msg=key)
+    for k in meta_u:
+        torch.testing.assert_close(meta_f[k], meta_u[k], rtol=1e-6, atol=1e-7, msg=k)
     # hand value of the first members
     act = fused.actor_network.module(batch["observation"])
     for name in ("off", "on"):
         m = copy.deepcopy(getattr(fused, f"qvalue_{name}_network"))
         getattr(fused, f"qvalue_{name}_network_params")[0].to_module(m)
         expected = _q(m, batch["observation"], act.detach()).mean()
-        torch.testing.assert_close(meta_f[f"state_action_value_{name}"], expected)
+        torch.testing.assert_close(meta_f[key("state_action_value_actor", name)], expected)
     value_f.backward()
     value_u.backward()
-    for key, p_f in fused.actor_network_params.items(True, True):
-        p_u = unfused.actor_network_params.get(key)
+    for k, p_f in fused.actor_network_params.items(True, True):
+        p_u = unfused.actor_network_params.get(k)
         if isinstance(p_f, nn.Parameter):
-            torch.testing.assert_close(p_f.grad, p_u.grad, rtol=1e-5, atol=1e-7, msg=str(key))
+            torch.testing.assert_close(p_f.grad, p_u.grad, rtol=1e-5, atol=1e-7, msg=str(k))
     for group in ("qvalue_off_network_params", "qvalue_on_network_params"):
         assert all(p.grad is None for p in getattr(fused, group).values(True, True)), group
 
@@ -456,7 +435,7 @@ def test_fuse_critics_resolution():
     assert not mixed.fused_critics
     # the unfused fallback still computes both twins
     out = mixed.qvalue_losses(transition_batch(8))
-    assert {"loss_qvalue_off", "loss_qvalue_on"} <= set(out.keys())
+    assert {"loss_qvalue", "loss_qvalue_on"} <= set(out.keys())
     deeper = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, (16, 16))
     assert not OPTLoss(actor, q_off, deeper, action_spec=spec).fused_critics
     other_activation = make_qvalue_ensemble(OBS_DIM, ACT_DIM, 2, (16,))
@@ -486,7 +465,7 @@ def test_compiled_fused_critic_step_matches_eager():
 
     def step(loss, td):
         out = loss.qvalue_losses(td)
-        return out, out["loss_qvalue_off"] + out["loss_qvalue_on"]
+        return out, out["loss_qvalue"] + out["loss_qvalue_on"]
 
     compiled = torch.compile(step, fullgraph=True)
     with torch._inductor.config.patch(fallback_random=True):
@@ -494,8 +473,8 @@ def test_compiled_fused_critic_step_matches_eager():
         out_e, total_e = step(fused, batch.clone())
         torch.manual_seed(9)
         out_c, total_c = compiled(compiled_loss, batch.clone())
-    for key in list(out_e.keys()):
-        torch.testing.assert_close(out_c[key], out_e[key], rtol=1e-5, atol=1e-6, msg=key)
+    for k in list(out_e.keys()):
+        torch.testing.assert_close(out_c[k], out_e[k], rtol=1e-5, atol=1e-6, msg=k)
     total_e.backward()
     total_c.backward()
     for a, b in zip(fused.parameters(), compiled_loss.parameters()):
@@ -503,3 +482,63 @@ def test_compiled_fused_critic_step_matches_eager():
             assert b.grad is None
         else:
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the pipeline's protocol
+def test_functional_and_seed_batched_critic_steps_use_the_step_keys():
+    """``qvalue_losses`` under ``torch.func`` (FunctionalStep) and ``vmap`` over seeds
+    (SeedBatchedStep) gives the eager Adam step on ``critic_parameters()``."""
+    from torchrl_opt.pipeline.functional import SeedBatchedStep, make_functional_step
+
+    def build():
+        torch.manual_seed(0)
+        spec, actor, q_off, q_on = _nets((8,))
+        return OPTLoss(actor, q_off, q_on, action_spec=spec, kappa=0.3, loss_function="l2")
+
+    eager, functional = build(), build()
+    seeds = [build(), build()]
+    batch = transition_batch(8)
+    assert eager.qvalue_loss_keys == ("loss_qvalue", "loss_qvalue_on")
+    assert eager.critic_param_names == ("qvalue_off_network_params", "qvalue_on_network_params")
+    opt = torch.optim.Adam(eager.critic_parameters(), lr=1e-2)
+    torch.manual_seed(1)
+    out = eager.qvalue_losses(batch)
+    opt.zero_grad()
+    sum(out[k] for k in eager.qvalue_loss_keys).backward()
+    opt.step()
+    step = make_functional_step(functional, functional.critic_param_names, functional.qvalue_losses,
+                                functional.qvalue_loss_keys, 1e-2)
+    torch.manual_seed(1)
+    metrics = step(batch)
+    torch.testing.assert_close(metrics["loss_qvalue_on"], out["loss_qvalue_on"].detach())
+    batched = SeedBatchedStep(
+        seeds, make_functional_step(seeds[0], seeds[0].critic_param_names, seeds[0].qvalue_losses,
+                                    seeds[0].qvalue_loss_keys, 1e-2),
+        randomness="same",
+    )
+    torch.manual_seed(1)
+    per_seed = batched(torch.stack([batch, batch], 0))
+    assert per_seed["loss_qvalue"].shape == (2,)
+    torch.testing.assert_close(per_seed["loss_qvalue"][1], out["loss_qvalue"].detach())
+    for loss in (functional, *seeds):
+        for p, q in zip(loss.critic_parameters(), eager.critic_parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_missing_keys_are_named_with_the_layout():
+    from torchrl_opt.objectives.common import LossInputError
+
+    spec, actor, q_off, q_on = _nets((8,))
+    loss = OPTLoss(actor, q_off, q_on, action_spec=spec, bc_alpha=2.5)
+    batch = transition_batch(4)
+    with pytest.raises(LossInputError, match=r"(?s)OPTLoss.qvalue_losses needs .*\('next', 'done'\).*"
+                       r"transition layout.*set_keys"):
+        loss.qvalue_losses(batch.exclude(("next", "done")))
+    with pytest.raises(LossInputError, match=r"OPTLoss.actor_loss needs the input key\(s\) \['action'\]"):
+        loss.actor_loss(batch.exclude("action"))  # TD3+BC reads the dataset action
+    # the actor step of plain TD3 needs the observation only
+    plain = OPTLoss(actor, q_off, action_spec=spec)
+    plain.actor_loss(batch.select("observation"))
+    loss.set_keys(reward="rew")
+    with pytest.raises(LossInputError, match=r"\('next', 'rew'\)"):
+        loss(batch)

@@ -16,6 +16,8 @@ from torchrl_opt.objectives import (
     OPTLoss,
     SPOTDensityPenalty,
     SPOTVAELoss,
+    load_offline,
+    opt_loss_from_offline,
 )
 from torchrl_opt.schedules import KAPPA_PRESETS, KappaSchedule, kappa_preset
 
@@ -33,6 +35,8 @@ __all__ = [
     "SPOTVAE",
     "SPOTVAELoss",
     "kappa_preset",
+    "load_offline",
     "make_replay",
     "normalized_score",
+    "opt_loss_from_offline",
 ]

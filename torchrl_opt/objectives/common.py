@@ -10,8 +10,10 @@ This base class holds that plumbing once; subclasses keep the equations.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
@@ -24,10 +26,47 @@ from torchrl.objectives.utils import (
 
 from torchrl_opt.objectives.utils import plain_params
 
-__all__ = ["DualCriticLoss", "CRITICS"]
+__all__ = ["DualCriticLoss", "CRITICS", "LossInputError", "TRANSITION_LAYOUT", "require_keys"]
 
 #: names of the two critic groups: the offline-trained one and the online pre-trained one.
 CRITICS = ("off", "on")
+
+#: the input layout every OPT loss reads (TorchRL's transition layout, default key names).
+TRANSITION_LAYOUT = (
+    "TorchRL's transition layout: 'observation', 'action', ('next', 'observation'), "
+    "('next', 'reward'), ('next', 'done'), ('next', 'terminated'), each with the batch as leading "
+    "dimensions (rewards and flags with a trailing dimension of size 1)"
+)
+
+
+class LossInputError(KeyError):
+    """A loss's input tensordict lacks a key the loss reads."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and add quotes
+        return str(self.args[0]) if self.args else ""
+
+
+def require_keys(
+    tensordict: TensorDictBase,
+    keys: Iterable[NestedKey],
+    where: str,
+    layout: str = TRANSITION_LAYOUT,
+    hint: str = "",
+) -> None:
+    """Raise :class:`LossInputError` naming every key of ``keys`` that ``tensordict`` lacks.
+
+    ``where`` names the caller (``"OPTLoss.actor_loss"``), ``layout`` the input layout expected.
+    Only the tensordict's structure is read (no tensor values): the check costs no host sync and
+    ``torch.compile`` resolves it at trace time.
+    """
+    missing = [key for key in dict.fromkeys(keys) if tensordict.get(key, None) is None]
+    if missing:
+        present = sorted(tensordict.keys(include_nested=True, leaves_only=True), key=str)
+        raise LossInputError(
+            f"{where} needs the input key(s) {missing}, which the tensordict lacks (it has "
+            f"{present}). Expected {layout}."
+            + (f" {hint}" if hint else "")
+        )
 
 
 class DualCriticLoss(LossModule):
@@ -44,8 +83,9 @@ class DualCriticLoss(LossModule):
         Attributes:
             action: the action key. Defaults to ``"action"``.
             state_action_value: the critics' output key. Defaults to ``"state_action_value"``.
-            priority: unused by OPT (balanced replay sets priorities from the density ratio); kept
-                for TorchRL compatibility. Defaults to ``"td_error"``.
+            priority: where ``forward`` writes the per-sample priority (the largest squared TD
+                error over the critics) into its input, for TorchRL's prioritised replay, as
+                ``TD3Loss`` does. Defaults to ``"td_error"``.
             reward, done, terminated: keys read under ``"next"``.
             priority_weight: importance weights from a prioritised buffer.
         """
@@ -110,6 +150,78 @@ class DualCriticLoss(LossModule):
     def critics(self) -> tuple[str, ...]:
         """The critic groups this loss trains: ``("off",)`` or ``("off", "on")``."""
         return CRITICS if self.has_qvalue_on else ("off",)
+
+    @staticmethod
+    def critic_key(name: str, critic: str) -> str:
+        """The out key of a per-critic entry ``name`` of critic ``critic``.
+
+        ``Q_off``'s entries carry TorchRL's plain names (``loss_qvalue``, ``pred_value``, as
+        ``TD3Loss``/``IQLLoss`` write them), so a loss without ``Q_on`` has TorchRL's out keys;
+        ``Q_on``'s entries add the suffix ``_on`` (``loss_qvalue_on``, ``pred_value_on``).
+        """
+        return name if critic == "off" else f"{name}_{critic}"
+
+    @property
+    def qvalue_loss_keys(self) -> tuple[str, ...]:
+        """The losses a critic step minimises (summed): one ``loss_qvalue`` entry per critic."""
+        return tuple(self.critic_key("loss_qvalue", critic) for critic in self.critics)
+
+    # ------------------------------------------------------------------ parameter groups
+    @property
+    def critic_param_names(self) -> tuple[str, ...]:
+        """The parameter groups the critic step trains: ``qvalue_off_network_params`` (and
+        ``qvalue_on_network_params``). Target groups are never trained (``SoftUpdate`` moves them)."""
+        return tuple(f"qvalue_{critic}_network_params" for critic in self.critics)
+
+    @property
+    def actor_param_names(self) -> tuple[str, ...]:
+        """The parameter groups the actor step trains: ``("actor_network_params",)``."""
+        return ("actor_network_params",)
+
+    def _group_parameters(self, names: Sequence[str]) -> list[torch.nn.Parameter]:
+        return [
+            p
+            for name in names
+            for p in getattr(self, name).values(True, True)
+            if isinstance(p, torch.nn.Parameter)
+        ]
+
+    def critic_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable critic parameters (every group of :attr:`critic_param_names`), for an
+        optimiser: ``torch.optim.Adam(loss.critic_parameters(), lr=3e-4)``."""
+        return self._group_parameters(self.critic_param_names)
+
+    def actor_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable actor parameters (:attr:`actor_param_names`), for an optimiser."""
+        return self._group_parameters(self.actor_param_names)
+
+    # ------------------------------------------------------------------ outputs
+    def _metric(self, value: torch.Tensor) -> torch.Tensor:
+        """A detached diagnostic: its batch mean, or the per-sample values with
+        ``reduction="none"`` (then with TorchRL's shapes, e.g. ``[num_qvalue_nets, *batch]``)."""
+        value = value.detach()
+        return value if self.reduction == "none" else value.mean()
+
+    @property
+    def out_keys(self) -> list[str]:
+        """The keys :meth:`forward` returns (``select_out_keys`` may narrow them)."""
+        selected = self.__dict__.get("_selected_out_keys")
+        return list(selected) if selected is not None else self._default_out_keys()
+
+    @out_keys.setter
+    def out_keys(self, values) -> None:
+        self.__dict__["_selected_out_keys"] = list(values)
+
+    def _default_out_keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def _write_priority(self, tensordict: TensorDictBase, td_errors: list[torch.Tensor]) -> None:
+        """Write the priority TorchRL's prioritised replay reads into ``tensordict`` under
+        ``tensor_keys.priority``: the largest squared TD error over every member of every critic,
+        ``max_{c, i} (Q_c,i(s, a) - y_c)^2`` (detached, shape ``[*batch]``). With ``Q_off`` alone
+        this is what ``TD3Loss``/``IQLLoss`` write."""
+        priority = torch.cat([e.detach() for e in td_errors], 0).max(0)[0]
+        tensordict.set(self.tensor_keys.priority, priority)
 
     # ------------------------------------------------------------------ keys
     @property

@@ -55,7 +55,7 @@ from torchrl.objectives.utils import (
     distance_loss,
 )
 
-from torchrl_opt.objectives.common import DualCriticLoss
+from torchrl_opt.objectives.common import DualCriticLoss, require_keys
 
 __all__ = ["OPTIQLLoss", "expectile_loss"]
 
@@ -84,27 +84,47 @@ class OPTIQLLoss(DualCriticLoss):
         num_qvalue_nets: critics per twin. Default 2.
         kappa: initial weight of the online advantage in the actor loss, in [0, 1]. Must be 0
             without ``(Q_on, V_on)``.
-        expectile: IQL's expectile ``tau`` in (0, 1). Default 0.7 (0.9 is the usual AntMaze choice).
-        temperature: inverse temperature ``beta >= 0`` of the advantage weights. Default 3.0.
-        max_weight: clip of the advantage weights, applied after the exponential. Default 100.
-        loss_function: distance of the Q loss: ``"l2"`` (default, squared error), ``"smooth_l1"``
-            or ``"l1"``.
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        expectile: IQL's expectile ``tau`` in (0, 1). Default 0.5, as ``IQLLoss`` (the IQL paper
+            uses 0.7 on MuJoCo and 0.9 on AntMaze; the recipes set it).
+        temperature: inverse temperature ``beta >= 0`` of the advantage weights. Default 1.0, as
+            ``IQLLoss`` (the IQL paper uses 3.0 on MuJoCo; the recipes set it).
+        max_weight: clip of the advantage weights, applied after the exponential. Default 100
+            (``IQLLoss``'s constant).
+        loss_function: distance of the Q loss: ``"smooth_l1"`` (default, as ``IQLLoss``),
+            ``"l2"`` (the IQL paper's squared error; the recipes set it) or ``"l1"``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample losses and
+            diagnostics).
         deactivate_vmap: evaluate twins in a Python loop instead of ``vmap``.
 
+    Without the online pair and with default arguments this is TorchRL's
+    :class:`~torchrl.objectives.IQLLoss` with default arguments: the same loss values and
+    gradients, the losses ``loss_actor``, ``loss_qvalue``, ``loss_value`` and ``entropy`` under
+    TorchRL's names, ``actor_loss``/``value_loss``/``qvalue_loss(td) -> (loss, metadata)``, and
+    ``forward`` writes the priority ``td_error`` (``max_i (Q_i(s, a) - y)^2``) into its input.
+    Differences: ``priority_weight`` importance weights, when present, weight every loss (as
+    ``TD3Loss`` does; ``IQLLoss`` ignores them); ``forward`` does not write ``_log_prob`` into its
+    input; extra diagnostics are returned.
+
     The discount is set with :meth:`make_value_estimator` (TD0 by default, ``gamma=0.99``), as for
-    TorchRL's losses. The input tensordict uses TorchRL's transition layout: ``observation``,
-    ``action``, ``next/{observation, reward, done, terminated}``. ``forward`` returns ``loss_actor``,
-    ``loss_value_off``, ``loss_qvalue_off`` (and ``loss_value_on``, ``loss_qvalue_on`` when the online
-    pair exists) plus detached scalar diagnostics: ``kappa``, ``entropy`` (``-mean log pi(a|s)``),
-    ``advantage`` (mean ``A_mix``), ``weight`` (mean clipped weight) and, per pair ``c``,
-    ``state_value_c`` (mean ``V_c(s)``), ``advantage_c`` (mean ``min Qbar_c - V_c``),
-    ``pred_value_c`` (mean ``Q_c,i(s,a)``) and ``target_value_c`` (mean ``y_c``).
+    TorchRL's losses. Input: TorchRL's transition layout, ``observation``, ``action``,
+    ``next/{observation, reward, done, terminated}`` (a missing key raises
+    :class:`~torchrl_opt.objectives.common.LossInputError` naming it). ``forward`` returns
+    ``loss_actor``, ``loss_value``, ``loss_qvalue`` (and ``loss_value_on``, ``loss_qvalue_on``
+    with the online pair) plus detached diagnostics (batch means; per-sample with
+    ``reduction="none"``): ``entropy`` (``-log pi(a|s)``), ``weight`` (the clipped AWR weight),
+    ``advantage_mix`` (``A_mix``, with the online pair) and, per pair (``_on``-suffixed for the
+    online one), ``state_value`` (``V_c(s)``), ``advantage`` (``min_i Qbar_c,i - V_c``),
+    ``pred_value`` (``Q_c,i(s, a)``) and ``target_value`` (``y_c``); ``kappa`` with the online pair.
+
+    The step methods the pipeline calls return TensorDicts and never write into their input:
+    :meth:`value_losses` (:attr:`value_loss_keys`), :meth:`qvalue_losses`
+    (:attr:`qvalue_loss_keys`) and :meth:`actor_loss`.
 
     The critics and values have separate parameter groups and each loss reaches only its own
-    group (the actor loss only the actor, ``loss_value_c`` only ``V_c``, ``loss_qvalue_c`` only
-    ``Q_c``), so one may sum all losses and step one optimiser per group. ``V`` has no target
-    parameters (as in IQL); ``Q_off`` and ``Q_on`` have targets, updated by
+    group (the actor loss only the actor, ``loss_value*`` only ``V_c``, ``loss_qvalue*`` only
+    ``Q_c``), so one may sum all losses and step one optimiser per group
+    (:meth:`actor_parameters`, :meth:`value_parameters`, :meth:`critic_parameters`). ``V`` has no
+    target parameters (as in IQL); ``Q_off`` and ``Q_on`` have targets, updated by
     :class:`~torchrl.objectives.SoftUpdate`.
     """
 
@@ -147,10 +167,10 @@ class OPTIQLLoss(DualCriticLoss):
         *,
         num_qvalue_nets: int = 2,
         kappa: float = 0.0,
-        expectile: float = 0.7,
-        temperature: float = 3.0,
+        expectile: float = 0.5,
+        temperature: float = 1.0,
         max_weight: float = 100.0,
-        loss_function: str = "l2",
+        loss_function: str = "smooth_l1",
         reduction: str = "mean",
         deactivate_vmap: bool = False,
     ) -> None:
@@ -176,7 +196,7 @@ class OPTIQLLoss(DualCriticLoss):
             raise ValueError(f"max_weight must be positive, got {max_weight}")
         if loss_function not in ("l2", "l1", "smooth_l1"):
             raise ValueError(
-                f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}"
+                f"loss_function must be 'smooth_l1', 'l2' or 'l1', got {loss_function!r}"
             )
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -239,20 +259,68 @@ class OPTIQLLoss(DualCriticLoss):
             ]
         self._in_keys = list(dict.fromkeys(keys))
 
-    @property
-    def out_keys(self) -> list[str]:
-        keys = ["loss_actor"]
-        for critic in self.critics:
-            keys += [f"loss_value_{critic}", f"loss_qvalue_{critic}"]
-        keys += ["kappa", "entropy", "advantage", "weight"]
+    def _default_out_keys(self) -> list[str]:
+        keys = ["loss_actor", *self.qvalue_loss_keys, *self.value_loss_keys, "entropy", "weight"]
+        if self.has_qvalue_on:
+            keys += ["advantage_mix", "kappa"]
         for critic in self.critics:
             keys += [
-                f"state_value_{critic}",
-                f"advantage_{critic}",
-                f"pred_value_{critic}",
-                f"target_value_{critic}",
+                self.critic_key(name, critic)
+                for name in ("state_value", "advantage", "pred_value", "target_value")
             ]
         return keys
+
+    @property
+    def value_loss_keys(self) -> tuple[str, ...]:
+        """The losses a value step minimises (summed): ``loss_value`` (and ``loss_value_on``)."""
+        return tuple(self.critic_key("loss_value", critic) for critic in self.critics)
+
+    @property
+    def value_param_names(self) -> tuple[str, ...]:
+        """The parameter groups the value step trains: ``value_off_network_params`` (and
+        ``value_on_network_params``)."""
+        return tuple(f"value_{critic}_network_params" for critic in self.critics)
+
+    def value_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable state-value parameters (:attr:`value_param_names`), for an optimiser."""
+        return self._group_parameters(self.value_param_names)
+
+    # ------------------------------------------------------------------ inputs
+    def _require(self, tensordict: TensorDictBase, keys: list, where: str) -> None:
+        require_keys(
+            tensordict,
+            keys,
+            f"{type(self).__name__}.{where}",
+            hint="If your data names these entries differently, map them with "
+            "loss.set_keys(action=..., reward=..., done=..., terminated=...).",
+        )
+
+    def _network_keys(self, kind: str, critics: tuple[str, ...]) -> list:
+        return [
+            key for critic in critics for key in getattr(self, f"{kind}_{critic}_network").in_keys
+        ]
+
+    def _check_value_input(self, tensordict, where, critics=None) -> None:
+        critics = self.critics if critics is None else critics
+        self._require(
+            tensordict,
+            [*self._network_keys("qvalue", critics), *self._network_keys("value", critics)],
+            where,
+        )
+
+    def _check_qvalue_input(self, tensordict, where, critics=None) -> None:
+        critics = self.critics if critics is None else critics
+        self._require(
+            tensordict,
+            [
+                *self._network_keys("qvalue", critics),
+                ("next", self.tensor_keys.reward),
+                ("next", self.tensor_keys.done),
+                ("next", self.tensor_keys.terminated),
+                *[("next", key) for key in self._network_keys("value", critics)],
+            ],
+            where,
+        )
 
     # ------------------------------------------------------------------ pieces
     def _critic_values(
@@ -296,7 +364,7 @@ class OPTIQLLoss(DualCriticLoss):
         value = self._state_value(critic, tensordict, params)
         loss = expectile_loss(min_q - value, self.expectile)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
-        metadata = {f"state_value_{critic}": value.detach().mean()}
+        metadata = {self.critic_key("state_value", critic): self._metric(value)}
         return loss, metadata
 
     def _qvalue_loss(
@@ -305,10 +373,13 @@ class OPTIQLLoss(DualCriticLoss):
         tensordict: TensorDictBase,
         params: TensorDictBase | None = None,
         value_params: TensorDictBase | None = None,
+        td_error: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TD loss of twin ``c`` (Eq. 6): ``sum_i d(Q_c,i(s,a), r + gamma (1 - terminated) V_c(s'))``.
 
-        ``V_c(s')`` is evaluated at ``value_params`` (default: the live ``V_c``), detached.
+        ``V_c(s')`` is evaluated at ``value_params`` (default: the live ``V_c``), detached. With
+        ``td_error`` the metadata adds the squared TD errors ``(Q_c,i(s, a) - y_c)^2``
+        (``[num_qvalue_nets, *batch]``, as ``IQLLoss``).
         """
         if params is None:
             params = getattr(self, f"qvalue_{critic}_network_params")
@@ -330,10 +401,22 @@ class OPTIQLLoss(DualCriticLoss):
         ).sum(0)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
         metadata = {
-            f"pred_value_{critic}": current_q.detach().mean(),
-            f"target_value_{critic}": target_value.mean(),
+            self.critic_key("pred_value", critic): self._metric(current_q),
+            self.critic_key("target_value", critic): self._metric(target_value),
         }
+        if td_error:
+            metadata[self.critic_key("td_error", critic)] = (
+                (current_q - target_value).detach().pow(2)
+            )
         return loss, metadata
+
+    def _losses(self, fn, tensordict: TensorDictBase, name: str, **kwargs) -> dict:
+        out = {}
+        for critic in self.critics:
+            loss, metadata = fn(critic, tensordict, **kwargs)
+            out[self.critic_key(name, critic)] = loss
+            out.update(metadata)
+        return out
 
     # ------------------------------------------------------------------ losses
     def actor_loss(
@@ -342,8 +425,19 @@ class OPTIQLLoss(DualCriticLoss):
         """Eq. 9: ``E[-min(exp(beta * A_mix), max_weight) * log pi(a|s)]``, weights without gradient.
 
         ``A_mix = (1 - kappa) * A_off + kappa * A_on`` with ``A_c = min_i Qbar_c,i(s,a) - V_c(s)``;
-        ``A_mix = A_off`` without the online pair.
+        ``A_mix = A_off`` without the online pair (``IQLLoss.actor_loss``). Returns
+        ``(loss, metadata)``.
         """
+        self._require(
+            tensordict,
+            [
+                *self.actor_network.in_keys,
+                self.tensor_keys.action,
+                *self._network_keys("qvalue", self.critics),
+                *self._network_keys("value", self.critics),
+            ],
+            "actor_loss",
+        )
         weights = self._maybe_get_priority_weight(tensordict)
         with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
             dist = self.actor_network.get_dist(
@@ -369,37 +463,54 @@ class OPTIQLLoss(DualCriticLoss):
             )
         loss = -(exp_a * log_prob)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
-        metadata = {
-            "entropy": -log_prob.detach().mean(),
-            "advantage": advantage.mean(),
-            "weight": exp_a.mean(),
-        }
-        metadata.update({f"advantage_{critic}": a.mean() for critic, a in advantages.items()})
+        metadata = {"entropy": self._metric(-log_prob), "weight": self._metric(exp_a)}
+        if self.has_qvalue_on:
+            metadata["advantage_mix"] = self._metric(advantage)
+        metadata.update(
+            {self.critic_key("advantage", c): self._metric(a) for c, a in advantages.items()}
+        )
         return loss, metadata
 
-    def value_loss(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Expectile losses (Eq. 5) of every ``V_c``: ``loss_value_off`` (and ``loss_value_on``)."""
-        out = {}
-        for critic in self.critics:
-            loss, metadata = self._value_loss(critic, tensordict)
-            out[f"loss_value_{critic}"] = loss
-            out.update(metadata)
-        return TensorDict(out, batch_size=[])
+    def value_loss(
+        self, tensordict: TensorDictBase
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The expectile loss (Eq. 5) of every ``V_c``, summed, as ``IQLLoss.value_loss``:
+        ``(loss, metadata)``."""
+        self._check_value_input(tensordict, "value_loss")
+        out = self._losses(self._value_loss, tensordict, "loss_value")
+        return sum(out.pop(key) for key in self.value_loss_keys), out
 
-    def qvalue_loss(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """TD losses (Eq. 6) of every twin ``Q_c``: ``loss_qvalue_off`` (and ``loss_qvalue_on``)."""
-        out = {}
-        for critic in self.critics:
-            loss, metadata = self._qvalue_loss(critic, tensordict)
-            out[f"loss_qvalue_{critic}"] = loss
-            out.update(metadata)
-        return TensorDict(out, batch_size=[])
+    def qvalue_loss(
+        self, tensordict: TensorDictBase
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The TD loss (Eq. 6) of every twin ``Q_c``, summed, as ``IQLLoss.qvalue_loss``:
+        ``(loss, metadata)`` with the squared TD errors ``td_error`` (``td_error_on``),
+        ``[num_qvalue_nets, *batch]``. Nothing is written into ``tensordict``."""
+        self._check_qvalue_input(tensordict, "qvalue_loss")
+        out = self._losses(self._qvalue_loss, tensordict, "loss_qvalue", td_error=True)
+        return sum(out.pop(key) for key in self.qvalue_loss_keys), out
+
+    def value_losses(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The value step: every ``V_c``'s expectile loss (Eq. 5) under :attr:`value_loss_keys`
+        (``loss_value``, ``loss_value_on``) and the ``state_value`` diagnostics, as a TensorDict."""
+        self._check_value_input(tensordict, "value_losses")
+        return TensorDict(self._losses(self._value_loss, tensordict, "loss_value"), batch_size=[])
+
+    def qvalue_losses(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The Q step: every twin's TD loss (Eq. 6) under :attr:`qvalue_loss_keys`
+        (``loss_qvalue``, ``loss_qvalue_on``) and its diagnostics, as a TensorDict (no
+        ``td_error``; nothing is written into ``tensordict``)."""
+        self._check_qvalue_input(tensordict, "qvalue_losses")
+        return TensorDict(
+            self._losses(self._qvalue_loss, tensordict, "loss_qvalue"), batch_size=[]
+        )
 
     def value_on_loss(
         self, tensordict: TensorDictBase, params: TensorDictBase | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Expectile loss of ``V_on`` (Eq. 5), optionally at other parameters ``params``."""
         self._require_qvalue_on()
+        self._check_value_input(tensordict, "value_on_loss", ("on",))
         return self._value_loss("on", tensordict, params)
 
     def qvalue_on_loss(
@@ -410,6 +521,7 @@ class OPTIQLLoss(DualCriticLoss):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TD loss of ``Q_on`` (Eq. 6) at ``params``, with the target's ``V_on`` at ``value_params``."""
         self._require_qvalue_on()
+        self._check_qvalue_input(tensordict, "qvalue_on_loss", ("on",))
         return self._qvalue_loss("on", tensordict, params, value_params)
 
     def online_pretrain_loss(
@@ -426,6 +538,8 @@ class OPTIQLLoss(DualCriticLoss):
         ``L_Q_on``. The function is pure in ``params`` (no in-place ops, no host syncs).
         """
         self._require_qvalue_on()
+        self._check_value_input(tensordict, "online_pretrain_loss", ("on",))
+        self._check_qvalue_input(tensordict, "online_pretrain_loss", ("on",))
         if params is None:
             q_params = v_params = None
         else:
@@ -440,13 +554,21 @@ class OPTIQLLoss(DualCriticLoss):
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """All losses on one batch: ``loss_actor`` (Eq. 9), each V's (Eq. 5) and each Q's (Eq. 6)."""
+        """All losses on one batch, as ``IQLLoss.forward``: ``loss_actor`` (Eq. 9), each V's
+        (Eq. 5) and each Q's (Eq. 6), the diagnostics; writes ``tensor_keys.priority`` into
+        ``tensordict``."""
         loss_actor, metadata_actor = self.actor_loss(tensordict)
-        out = self.value_loss(tensordict)
-        out.update(self.qvalue_loss(tensordict))
-        out.set("loss_actor", loss_actor)
-        out.set("kappa", self.kappa.detach().clone())
+        self._check_qvalue_input(tensordict, "forward")
+        self._check_value_input(tensordict, "forward")
+        out = self._losses(self._qvalue_loss, tensordict, "loss_qvalue", td_error=True)
+        self._write_priority(
+            tensordict, [out.pop(self.critic_key("td_error", c)) for c in self.critics]
+        )
+        out.update(self._losses(self._value_loss, tensordict, "loss_value"))
+        out["loss_actor"] = loss_actor
         out.update(metadata_actor)
-        return out
+        if self.has_qvalue_on:
+            out["kappa"] = self.kappa.detach().clone()
+        return TensorDict(out, batch_size=[])
 
     # ------------------------------------------------------------------ value estimator

@@ -12,9 +12,12 @@ loss plus V_on's expectile loss) on the offline and the online batch. The inner 
 computed with ``torch.func.grad_and_value`` (which ``torch.compile`` captures, unlike
 ``autograd.grad(create_graph=True)``).
 
-* ``order=2`` (default) differentiates through the inner step:
+* ``order=1`` (default, as OEMA's public code, which takes the inner gradient without
+  ``create_graph``) treats ``grad L_off`` as a constant: ``dL/dpsi = grad L_off + w * grad L_on(psi')``.
+* ``order=2`` differentiates through the inner step:
   ``dL/dpsi = grad L_off + w * (I - alpha * H_off) grad L_on(psi')``, ``H_off`` the Hessian of ``L_off``.
-* ``order=1`` treats ``grad L_off`` as a constant: ``dL/dpsi = grad L_off + w * grad L_on(psi')``.
+  The two differ by ``w * alpha * H_off grad L_on(psi')``: small at ``alpha = 3e-4`` (measured in
+  ``docs/algorithm.md``), while order 2 adds a backward pass through the inner step.
 
 The paper's ablations are modes: ``"online"`` (``L_on(psi)``, B_on only), ``"joint"``
 (``L_off(psi) + L_on(psi)``, Eq. 10, no inner step) and ``"offline"`` (``L_off(psi)``).
@@ -34,7 +37,10 @@ from tensordict import TensorDict, TensorDictBase
 from torch.func import grad_and_value
 from torchrl.objectives.common import LossModule
 
-__all__ = ["MetaAdaptationLoss", "META_MODES"]
+from torchrl_opt.objectives.common import TRANSITION_LAYOUT, LossInputError
+from torchrl_opt.objectives.utils import plain_params
+
+__all__ = ["MetaAdaptationLoss", "META_MODES", "OfflineCriticPretraining"]
 
 META_MODES = ("meta", "online", "joint", "offline")
 
@@ -50,13 +56,17 @@ class MetaAdaptationLoss(LossModule):
 
     Keyword Args:
         mode: ``"meta"`` (default), ``"online"``, ``"joint"`` or ``"offline"``.
-        order: 2 (default, through the inner step) or 1 (first-order).
+        order: 1 (default, first order: the inner gradient is a constant) or 2 (through the
+            inner step).
         alpha: inner SGD step size. Default 3e-4.
         loss_ratio_weighting: weight the online term by ``min(L_off, L_on) / L_on`` (detached).
         offline_key, online_key: sub-tensordicts of the input holding the two batches.
 
     Input: a tensordict with ``offline_key`` and ``online_key`` entries, each a batch in TorchRL's
-    transition layout. Output: ``loss_pretrain`` (to backpropagate), detached diagnostics
+    transition layout: ``TensorDict(offline=batch_from_B_off, online=batch_from_B_on)`` (the
+    batches may have different sizes). A flat batch, or a missing sub-batch, raises
+    :class:`~torchrl_opt.objectives.common.LossInputError` naming the layout expected.
+    Output: ``loss_pretrain`` (to backpropagate), detached diagnostics
     ``loss_offline`` (``L_off(psi)``), ``loss_online`` (``L_on`` at the adapted parameters in meta mode,
     at ``psi`` otherwise) and ``online_weight`` (``w``).
     """
@@ -66,7 +76,7 @@ class MetaAdaptationLoss(LossModule):
         loss_module: LossModule,
         *,
         mode: str = "meta",
-        order: int = 2,
+        order: int = 1,
         alpha: float = 3e-4,
         loss_ratio_weighting: bool = False,
         offline_key: str = "offline",
@@ -97,6 +107,26 @@ class MetaAdaptationLoss(LossModule):
         """The parameters this loss trains (give these, and only these, to the optimiser)."""
         return list(self.loss_module.online_params().values(True, True))
 
+    def _batches(self, tensordict: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
+        """The offline and the online batch, or a :class:`LossInputError` naming the layout."""
+        batches = [tensordict.get(key, None) for key in (self.offline_key, self.online_key)]
+        bad = [
+            key
+            for key, batch in zip((self.offline_key, self.online_key), batches)
+            if not isinstance(batch, TensorDictBase)
+        ]
+        if bad:
+            present = sorted(tensordict.keys(), key=str)
+            raise LossInputError(
+                f"MetaAdaptationLoss needs two sub-tensordicts, {self.offline_key!r} (a batch of "
+                f"the offline dataset B_off) and {self.online_key!r} (a batch of the online buffer "
+                f"B_on), each in {TRANSITION_LAYOUT}; the input lacks {bad} as sub-tensordicts "
+                f"(its top-level keys are {present}). Build it as "
+                f"TensorDict({self.offline_key}=offline_batch, {self.online_key}=online_batch)"
+                ", or set offline_key/online_key."
+            )
+        return batches[0], batches[1]
+
     def _loss_fn(self, batch: TensorDictBase) -> Callable[[TensorDictBase], torch.Tensor]:
         def loss(params: TensorDictBase) -> torch.Tensor:
             return self.loss_module.online_pretrain_loss(batch, params)[0]
@@ -105,8 +135,7 @@ class MetaAdaptationLoss(LossModule):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """``L_pretrain`` of the configured mode (see the module docstring for the equations)."""
-        offline = tensordict.get(self.offline_key)
-        online = tensordict.get(self.online_key)
+        offline, online = self._batches(tensordict)
         psi = self.loss_module.online_params()
         loss_off_fn = self._loss_fn(offline)
         loss_on_fn = self._loss_fn(online)
@@ -142,3 +171,39 @@ class MetaAdaptationLoss(LossModule):
             },
             batch_size=[],
         )
+
+
+class OfflineCriticPretraining:
+    """The online pre-training protocol of :class:`MetaAdaptationLoss` pointed at ``Q_off`` itself.
+
+    The paper's "without Q_on" ablation (Sec. 5.3, Fig. 7, Table 11) adds no new value function:
+    ``Q_off`` is trained with Eq. 3 during online pre-training,
+    ``L_off(psi) + L_on(psi - alpha * grad L_off(psi))`` with ``psi`` the parameters of ``Q_off``
+    and ``L_off`` / ``L_on`` its TD3 TD loss on ``B_off`` / ``B_on``, then fine-tuning uses
+    ``Q_off`` alone. Wrap an ``OPTLoss`` (built without ``Q_on``) and give the wrapper to
+    :class:`MetaAdaptationLoss`; only ``Q_off`` receives gradients.
+    """
+
+    online_param_names: tuple[str, ...] = ("qvalue_off_network_params",)
+
+    def __init__(self, loss_module: LossModule) -> None:
+        if not hasattr(loss_module, "qvalue_off_loss") or "qvalue_off_network_params" not in loss_module._modules:
+            raise TypeError(
+                f"{type(loss_module).__name__} has no Q_off TD loss with parameters: "
+                "OfflineCriticPretraining needs an OPTLoss"
+            )
+        self.loss_module = loss_module
+
+    def online_params(self) -> TensorDictBase:
+        """``Q_off``'s live parameters (a plain TensorDict of the loss's own ``nn.Parameter`` s)."""
+        return TensorDict(
+            {name: plain_params(getattr(self.loss_module, name)) for name in self.online_param_names},
+            batch_size=[],
+        )
+
+    def online_pretrain_loss(
+        self, tensordict: TensorDictBase, params: TensorDictBase | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``Q_off``'s TD loss, at ``params["qvalue_off_network_params"]`` when given."""
+        off = None if params is None else params["qvalue_off_network_params"]
+        return self.loss_module.qvalue_off_loss(tensordict, off)

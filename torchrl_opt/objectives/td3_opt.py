@@ -12,6 +12,9 @@ kappa-weighted first critic of each twin (Eq. 4)::
 
     L_pi = E_s[ -((1 - kappa) * Q_off,1(s, pi(s)) + kappa * Q_on,1(s, pi(s))) ]
 
+Without ``Q_on`` (and with default arguments) the module is TorchRL's ``TD3Loss``: same values,
+gradients, out keys, ``(loss, metadata)`` methods and ``td_error`` priority (see the class docstring).
+
 ``kappa`` is a float32 tensor buffer; :class:`~torchrl_opt.schedules.KappaSchedule` writes into it in
 place, so a compiled or CUDA-graphed step sees new values without recompiling.
 
@@ -40,7 +43,7 @@ from torchrl.objectives.utils import (
 )
 from torchrl.objectives.value import TD0Estimator
 
-from torchrl_opt.objectives.common import CRITICS, DualCriticLoss
+from torchrl_opt.objectives.common import CRITICS, DualCriticLoss, require_keys
 
 __all__ = ["OPTLoss"]
 
@@ -48,10 +51,26 @@ __all__ = ["OPTLoss"]
 class OPTLoss(DualCriticLoss):
     """Dual-critic TD3 loss of OPT (Eq. 2 for each critic, Eq. 4 for the actor).
 
+    Without ``qvalue_on_network`` and with default arguments this *is* TorchRL's
+    :class:`~torchrl.objectives.TD3Loss` with default arguments: the same loss values and gradients
+    for the same parameters and smoothing noise, the same out keys (``loss_actor``, ``loss_qvalue``,
+    ``pred_value``, ``state_action_value_actor``, ``next_state_value``, ``target_value``), the same
+    ``actor_loss(td)``/``value_loss(td) -> (loss, metadata)`` methods, and ``forward`` writes the
+    priority ``td_error`` into its input for TorchRL's prioritised replay. With ``Q_on`` every
+    per-critic entry gets a twin with the suffix ``_on`` (``loss_qvalue_on``, ``pred_value_on``, ...;
+    :meth:`~torchrl_opt.objectives.common.DualCriticLoss.critic_key`) and the actor loss becomes
+    Eq. 4. Two documented differences from ``TD3Loss``: diagnostics are batch means (per-sample,
+    with TorchRL's shapes, under ``reduction="none"``), and ``state_action_value_actor`` is the
+    first critic ``Q_1(s, pi(s))`` (the one the actor maximises) where ``TD3Loss`` reports every
+    member.
+
     Args:
         actor_network: deterministic actor (``observation -> action``).
         qvalue_off_network: the offline critic ``Q_off``: one module (duplicated ``num_qvalue_nets``
-            times, TorchRL style) or a list of independently initialised modules.
+            times, TorchRL style: the copies are *re-drawn* uniformly, so pass a list to keep
+            trained weights) or a list of ``num_qvalue_nets`` modules (their weights are copied).
+            To start from a trained offline agent, see
+            :func:`~torchrl_opt.objectives.handover.load_offline`.
         qvalue_on_network: the online critic ``Q_on`` in the same form, or ``None`` for plain TD3.
 
     Keyword Args:
@@ -61,13 +80,15 @@ class OPTLoss(DualCriticLoss):
         kappa: initial weight of ``Q_on`` in the actor loss, in [0, 1]. Must be 0 without ``Q_on``.
         policy_noise: std of the target policy smoothing noise. Default 0.2.
         noise_clip: clip of that noise. Default 0.5.
-        loss_function: ``"l2"`` (default, TD3's MSE), ``"smooth_l1"`` or ``"l1"``.
+        loss_function: ``"smooth_l1"`` (default, as ``TD3Loss``), ``"l2"`` (TD3's and the OPT
+            paper's MSE; the recipes set it) or ``"l1"``.
         bc_alpha: TD3+BC's alpha; ``None`` (default) disables the BC term.
         normalize_q: divide the actor's Q term by ``mean|Q_mix|`` (detached). Implied by ``bc_alpha``.
         actor_penalty: optional module ``td -> Tensor[batch]`` added to the actor loss.
         delay_actor: keep target actor parameters. Default True.
         delay_qvalue: keep target critic parameters. Default True.
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample losses ``[*batch]``
+            and per-sample diagnostics).
         deactivate_vmap: evaluate twins in a Python loop instead of ``vmap``.
         fuse_critics: evaluate ``Q_off`` and ``Q_on`` together, as one ensemble of
             ``2 * num_qvalue_nets`` members: the critic step (:meth:`qvalue_losses`) then runs one
@@ -84,13 +105,24 @@ class OPTLoss(DualCriticLoss):
             only one twin's loss from :meth:`qvalue_losses` gives the other twin zero gradients
             (``grad`` filled with zeros) where the unfused path leaves them ``None``; use
             :meth:`qvalue_on_loss` / :meth:`qvalue_off_loss` to differentiate one twin alone.
+        generator: a ``torch.Generator`` (on the actions' device) for the smoothing noise of every
+            call; ``None`` (default) draws from torch's global RNG, which is what ``torch.compile``
+            and CUDA graphs capture. Every method that draws the noise also takes ``generator=``
+            for one call.
 
-    The input tensordict uses TorchRL's transition layout: ``observation``, ``action``,
-    ``next/{observation, reward, done, terminated}``. ``forward`` returns ``loss_actor``,
-    ``loss_qvalue_off``, ``loss_qvalue_on`` (when ``Q_on`` exists) and detached diagnostics: ``kappa``,
-    the batch means of each critic's prediction (``pred_value_*``), of its target
-    (``target_value_*``), of the first critic at the actor's action (``state_action_value_*``), and of the
-    BC term and penalty when enabled.
+    Input: TorchRL's transition layout, ``observation``, ``action``,
+    ``next/{observation, reward, done, terminated}`` (rename with :meth:`set_keys`); an optional
+    ``priority_weight`` (importance weights of a prioritised buffer) weights every loss. A missing
+    key raises :class:`~torchrl_opt.objectives.common.LossInputError` naming it.
+
+    Output of :meth:`forward`: ``loss_actor`` (Eq. 4), ``loss_qvalue`` (and ``loss_qvalue_on``) and
+    detached diagnostics per critic ``c``: ``pred_value`` (``Q_c,i(s, a)``), ``target_value``
+    (``y_c``), ``next_state_value`` (``min_i Qbar_c,i(s', a')``), ``state_action_value_actor``
+    (``Q_c,1(s, pi(s))``); ``kappa`` with ``Q_on``; ``bc_loss`` and ``actor_penalty`` when enabled.
+    ``forward`` also writes ``td_error`` (``tensor_keys.priority``) into its input: see
+    :meth:`~torchrl_opt.objectives.common.DualCriticLoss._write_priority`. The step methods
+    (:meth:`qvalue_losses`, :meth:`actor_loss`) never write into their input, so they run under
+    ``torch.func`` transforms, ``vmap`` and ``torch.compile(fullgraph=True)``.
     """
 
     actor_network: TensorDictModule
@@ -102,7 +134,6 @@ class OPTLoss(DualCriticLoss):
     target_qvalue_off_network_params: TensorDictParams
     qvalue_on_network_params: TensorDictParams
     target_qvalue_on_network_params: TensorDictParams
-
 
     def __init__(
         self,
@@ -116,7 +147,7 @@ class OPTLoss(DualCriticLoss):
         kappa: float = 0.0,
         policy_noise: float = 0.2,
         noise_clip: float = 0.5,
-        loss_function: str = "l2",
+        loss_function: str = "smooth_l1",
         bc_alpha: float | None = None,
         normalize_q: bool = False,
         actor_penalty: nn.Module | None = None,
@@ -125,6 +156,7 @@ class OPTLoss(DualCriticLoss):
         reduction: str = "mean",
         deactivate_vmap: bool = False,
         fuse_critics: bool | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(kappa) <= 1.0:
@@ -138,10 +170,12 @@ class OPTLoss(DualCriticLoss):
             raise ValueError(f"bc_alpha must be positive (or None), got {bc_alpha}")
         if loss_function not in ("l2", "l1", "smooth_l1"):
             raise ValueError(
-                f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}"
+                f"loss_function must be 'smooth_l1', 'l2' or 'l1', got {loss_function!r}"
             )
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         self._in_keys = None
         self.delay_actor = delay_actor
         self.delay_qvalue = delay_qvalue
@@ -155,6 +189,8 @@ class OPTLoss(DualCriticLoss):
         self.normalize_q = normalize_q or bc_alpha is not None
         self.actor_penalty = actor_penalty
         self.reduction = reduction
+        #: default generator of the smoothing noise (``None``: torch's global RNG).
+        self.generator = generator
 
         self.convert_to_functional(
             actor_network, "actor_network", create_target_params=delay_actor
@@ -228,20 +264,56 @@ class OPTLoss(DualCriticLoss):
             return f"the critic architectures differ:\n{net_off}\nvs\n{net_on}"
         return None
 
-    @property
-    def out_keys(self) -> list[str]:
-        keys = ["loss_actor", *[f"loss_qvalue_{c}" for c in self.critics], "kappa"]
+    def _default_out_keys(self) -> list[str]:
+        keys = ["loss_actor", *self.qvalue_loss_keys]
         for critic in self.critics:
             keys += [
-                f"state_action_value_{critic}",
-                f"pred_value_{critic}",
-                f"target_value_{critic}",
+                self.critic_key(name, critic)
+                for name in (
+                    "pred_value",
+                    "state_action_value_actor",
+                    "next_state_value",
+                    "target_value",
+                )
             ]
+        if self.has_qvalue_on:
+            keys.append("kappa")
         if self.bc_alpha is not None:
             keys.append("bc_loss")
         if self.actor_penalty is not None:
             keys.append("actor_penalty")
         return keys
+
+    # ------------------------------------------------------------------ inputs
+    def _actor_input_keys(self) -> list[NestedKey]:
+        keys = list(self.actor_network.in_keys)
+        if self.bc_alpha is not None:
+            keys.append(self.tensor_keys.action)
+        return keys
+
+    def _critic_input_keys(self, critics: tuple[str, ...]) -> list[NestedKey]:
+        keys = [
+            self.tensor_keys.action,
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+            *[("next", key) for key in self.actor_network.in_keys],
+        ]
+        for critic in critics:
+            keys += [
+                key
+                for key in getattr(self, f"qvalue_{critic}_network").in_keys
+                if key != self.tensor_keys.action
+            ]
+        return keys
+
+    def _check_critic_input(self, tensordict: TensorDictBase, where: str, critics=None) -> None:
+        require_keys(
+            tensordict,
+            self._critic_input_keys(self.critics if critics is None else critics),
+            f"{type(self).__name__}.{where}",
+            hint=_SET_KEYS_HINT,
+        )
 
     # ------------------------------------------------------------------ pieces
     def _critic_values(
@@ -318,16 +390,32 @@ class OPTLoss(DualCriticLoss):
         with params.to_module(self.actor_network, preserve_module_state=False):
             return self.actor_network(td)
 
+    def _smoothing_noise(
+        self, action: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """``clip(N(0, sigma^2), -c, c)`` shaped like ``action``, drawn from ``generator`` (or the
+        loss's :attr:`generator`, or torch's global RNG, as ``TD3Loss``'s ``randn_like``)."""
+        if generator is None:
+            generator = self.generator
+        if generator is None:
+            noise = torch.randn_like(action)
+        else:
+            noise = torch.randn(
+                action.shape, generator=generator, device=action.device, dtype=action.dtype
+            )
+        return (noise * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
+
     @torch.no_grad()
-    def smoothed_next_action(self, tensordict: TensorDictBase) -> TensorDictBase:
+    def smoothed_next_action(
+        self, tensordict: TensorDictBase, *, generator: torch.Generator | None = None
+    ) -> TensorDictBase:
         """``s'`` with the TD3 target action ``clip(pibar(s') + clip(N(0, sigma^2), -c, c), low, high)``.
 
         One noise draw serves every critic of the batch (the shared target actor of Eq. 2).
+        ``generator``: see the class's ``generator`` argument.
         """
         action = tensordict.get(self.tensor_keys.action)
-        noise = (torch.randn_like(action) * self.policy_noise).clamp(
-            -self.noise_clip, self.noise_clip
-        )
+        noise = self._smoothing_noise(action, generator)
         next_td = self._actor_action(step_mdp(tensordict), self.target_actor_network_params)
         next_action = (next_td.get(self.tensor_keys.action) + noise).clamp(
             self.min_action, self.max_action
@@ -335,12 +423,33 @@ class OPTLoss(DualCriticLoss):
         next_td.set(self.tensor_keys.action, next_action)
         return next_td
 
+    def _critic_metadata(
+        self,
+        critic: str,
+        current_q: torch.Tensor,
+        target_value: torch.Tensor,
+        next_q: torch.Tensor,
+        td_error: bool,
+    ) -> dict[str, torch.Tensor]:
+        """Diagnostics of twin ``c`` (``_on``-suffixed for ``Q_on``), and its squared TD errors
+        ``(Q_c,i(s, a) - y_c)^2`` (``[num_qvalue_nets, *batch]``, as ``TD3Loss``) with ``td_error``."""
+        key = self.critic_key
+        metadata = {
+            key("pred_value", critic): self._metric(current_q),
+            key("next_state_value", critic): self._metric(next_q),
+            key("target_value", critic): self._metric(target_value),
+        }
+        if td_error:
+            metadata[key("td_error", critic)] = (current_q - target_value).detach().pow(2)
+        return metadata
+
     def _critic_loss(
         self,
         critic: str,
         tensordict: TensorDictBase,
         next_td: TensorDictBase,
         params: TensorDictBase | None = None,
+        td_error: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TD loss of one twin (Eq. 2): ``sum_i d(Q_c,i(s,a), y_c)``, reduced over the batch."""
         if params is None:
@@ -356,14 +465,10 @@ class OPTLoss(DualCriticLoss):
             current_q, target_value.expand_as(current_q), loss_function=self.loss_function
         ).sum(0)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
-        metadata = {
-            f"pred_value_{critic}": current_q.detach().mean(),
-            f"target_value_{critic}": target_value.mean(),
-        }
-        return loss, metadata
+        return loss, self._critic_metadata(critic, current_q, target_value, next_q, td_error)
 
     def _fused_critic_losses(
-        self, tensordict: TensorDictBase, next_td: TensorDictBase
+        self, tensordict: TensorDictBase, next_td: TensorDictBase, td_error: bool = False
     ) -> dict[str, torch.Tensor]:
         """:meth:`_critic_loss` of both twins, with each ensemble call made once for both twins.
 
@@ -388,18 +493,53 @@ class OPTLoss(DualCriticLoss):
         ).sum(1)  # [k, *batch]
         out = {}
         for i, critic in enumerate(CRITICS):
-            out[f"loss_qvalue_{critic}"] = self._reduce_loss(
+            out[self.critic_key("loss_qvalue", critic)] = self._reduce_loss(
                 losses[i], tensordict=tensordict, weights=weights
             )
-            out[f"pred_value_{critic}"] = current_q[i].detach().mean()
-            out[f"target_value_{critic}"] = target_value[i].mean()
+            out.update(
+                self._critic_metadata(
+                    critic, current_q[i], target_value[i], next_q[i], td_error
+                )
+            )
+        return out
+
+    def _critic_outputs(
+        self,
+        tensordict: TensorDictBase,
+        generator: torch.Generator | None,
+        td_error: bool,
+        where: str,
+    ) -> dict[str, torch.Tensor]:
+        """Every critic's loss (under :attr:`qvalue_loss_keys`) and diagnostics, with one shared
+        smoothed next action."""
+        self._check_critic_input(tensordict, where)
+        next_td = self.smoothed_next_action(tensordict, generator=generator)
+        if self.fused_critics:
+            return self._fused_critic_losses(tensordict, next_td, td_error)
+        out = {}
+        for critic in self.critics:
+            loss, metadata = self._critic_loss(critic, tensordict, next_td, td_error=td_error)
+            out[self.critic_key("loss_qvalue", critic)] = loss
+            out.update(metadata)
         return out
 
     # ------------------------------------------------------------------ losses
     def actor_loss(
         self, tensordict: TensorDictBase
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Eq. 4 (with the optional BC term, Q normalisation and penalty)."""
+        """Eq. 4: ``L_pi = E_s[-((1 - kappa) Q_off,1(s, pi(s)) + kappa Q_on,1(s, pi(s)))]``.
+
+        Without ``Q_on`` this is ``TD3Loss.actor_loss``: ``E_s[-Q_1(s, pi(s))]``. With ``bc_alpha``
+        the Q term becomes ``alpha / mean|Q_mix| * Q_mix`` (detached denominator) plus
+        ``mean_a (pi(s) - a)^2``; ``normalize_q`` divides it by ``mean|Q_mix|``; the penalty is added
+        per sample. Returns ``(loss, metadata)`` as TorchRL does.
+        """
+        require_keys(
+            tensordict,
+            self._actor_input_keys(),
+            f"{type(self).__name__}.actor_loss",
+            hint=_SET_KEYS_HINT,
+        )
         weights = self._maybe_get_priority_weight(tensordict)
         actor_td = self._actor_action(tensordict, self.actor_network_params)
         if self.fused_critics:
@@ -414,7 +554,8 @@ class OPTLoss(DualCriticLoss):
         if self.has_qvalue_on:
             q_mix = (1 - self.kappa) * q_first["off"] + self.kappa * q_first["on"]
         metadata = {
-            f"state_action_value_{critic}": q.detach().mean() for critic, q in q_first.items()
+            self.critic_key("state_action_value_actor", critic): self._metric(q)
+            for critic, q in q_first.items()
         }
         q_term = q_mix
         if self.normalize_q:
@@ -429,38 +570,65 @@ class OPTLoss(DualCriticLoss):
                 .mean(-1)
             )
             loss = loss + bc
-            metadata["bc_loss"] = bc.detach().mean()
+            metadata["bc_loss"] = self._metric(bc)
         if self.actor_penalty is not None:
             penalty = self.actor_penalty(actor_td)
             loss = loss + penalty
-            metadata["actor_penalty"] = penalty.detach().mean()
+            metadata["actor_penalty"] = self._metric(penalty)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
         return loss, metadata
 
-    def qvalue_off_loss(
-        self, tensordict: TensorDictBase
+    def value_loss(
+        self, tensordict: TensorDictBase, *, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """TD loss of ``Q_off`` (Eq. 2)."""
-        return self._critic_loss("off", tensordict, self.smoothed_next_action(tensordict))
+        """The critics' TD loss (Eq. 2) as ``TD3Loss.value_loss``: ``(loss, metadata)``.
+
+        ``loss`` is ``loss_qvalue`` (plus ``loss_qvalue_on`` with ``Q_on``: the twins have separate
+        parameters, so one backward of the sum trains each on its own loss). ``metadata`` holds the
+        diagnostics of every critic and its squared TD errors ``td_error`` (``td_error_on``),
+        ``[num_qvalue_nets, *batch]`` as in TorchRL. Nothing is written into ``tensordict``.
+        """
+        out = self._critic_outputs(tensordict, generator, True, "value_loss")
+        loss = sum(out.pop(key) for key in self.qvalue_loss_keys)
+        return loss, out
+
+    def qvalue_off_loss(
+        self,
+        tensordict: TensorDictBase,
+        params: TensorDictBase | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """TD loss of ``Q_off`` alone (Eq. 2), ``(loss, metadata)``, optionally at other parameters
+        ``params`` (functional use: the ``no_qon`` ablation pre-trains ``Q_off`` itself)."""
+        self._check_critic_input(tensordict, "qvalue_off_loss", ("off",))
+        return self._critic_loss(
+            "off", tensordict, self.smoothed_next_action(tensordict, generator=generator), params
+        )
 
     def qvalue_on_loss(
-        self, tensordict: TensorDictBase, params: TensorDictBase | None = None
+        self,
+        tensordict: TensorDictBase,
+        params: TensorDictBase | None = None,
+        *,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """TD loss of ``Q_on`` (Eq. 2), optionally at other parameters ``params`` (functional use)."""
         self._require_qvalue_on()
-        return self._critic_loss("on", tensordict, self.smoothed_next_action(tensordict), params)
+        self._check_critic_input(tensordict, "qvalue_on_loss", ("on",))
+        return self._critic_loss(
+            "on", tensordict, self.smoothed_next_action(tensordict, generator=generator), params
+        )
 
-    def qvalue_losses(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Both critics' TD losses with one shared smoothed next action: the critic step of OPT."""
-        next_td = self.smoothed_next_action(tensordict)
-        if self.fused_critics:
-            return TensorDict(self._fused_critic_losses(tensordict, next_td), batch_size=[])
-        out = {}
-        for critic in self.critics:
-            loss, metadata = self._critic_loss(critic, tensordict, next_td)
-            out[f"loss_qvalue_{critic}"] = loss
-            out.update(metadata)
-        return TensorDict(out, batch_size=[])
+    def qvalue_losses(
+        self, tensordict: TensorDictBase, *, generator: torch.Generator | None = None
+    ) -> TensorDictBase:
+        """The critic step of OPT: every critic's TD loss (Eq. 2) with one shared smoothed next
+        action, as a TensorDict: :attr:`qvalue_loss_keys` (``loss_qvalue``, ``loss_qvalue_on``) and
+        the critics' diagnostics (no ``td_error``; nothing is written into ``tensordict``)."""
+        return TensorDict(
+            self._critic_outputs(tensordict, generator, False, "qvalue_losses"), batch_size=[]
+        )
 
     def online_pretrain_loss(
         self, tensordict: TensorDictBase, params: TensorDictBase | None = None
@@ -475,13 +643,25 @@ class OPTLoss(DualCriticLoss):
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """All losses on one batch: ``loss_actor`` (Eq. 4) and each critic's TD loss (Eq. 2)."""
+        """All losses on one batch, as ``TD3Loss.forward``: ``loss_actor`` (Eq. 4), each critic's TD
+        loss (Eq. 2) and the diagnostics; writes ``tensor_keys.priority`` into ``tensordict``."""
         loss_actor, metadata_actor = self.actor_loss(tensordict)
-        out = self.qvalue_losses(tensordict)
-        out.set("loss_actor", loss_actor)
-        out.set("kappa", self.kappa.detach().clone())
+        out = self._critic_outputs(tensordict, None, True, "forward")
+        self._write_priority(
+            tensordict, [out.pop(self.critic_key("td_error", c)) for c in self.critics]
+        )
+        out["loss_actor"] = loss_actor
         out.update(metadata_actor)
-        return out
+        if self.has_qvalue_on:
+            out["kappa"] = self.kappa.detach().clone()
+        return TensorDict(out, batch_size=[])
+
+
+_SET_KEYS_HINT = (
+    "If your data names these entries differently, map them with loss.set_keys(action=..., "
+    "reward=..., done=..., terminated=...)."
+)
+
 
 def _action_bounds(
     action_spec: TensorSpec | None,
