@@ -26,21 +26,10 @@ from bench_updates import _batch, _time  # shared helpers (benchmarks/ is on sys
 from torchrl_opt.models import make_qvalue_ensemble, make_td3_actor
 from torchrl_opt.objectives.meta import MetaAdaptationLoss
 from torchrl_opt.objectives.td3_opt import OPTLoss
-from torchrl_opt.pipeline.agents import (
-    OnlineTargetUpdate,
-    _method,
-    make_update_spec,
-    soft_update_keeping_targets,
-)
-from torchrl_opt.pipeline.functional import (
-    SeedBatchedStep,
-    make_functional_step,
-    target_update_pairs,
-)
-from torchrl_opt.pipeline.updates import AccelerationConfig
-
-CRITICS = ("qvalue_off_network_params", "qvalue_on_network_params")
-CRITIC_KEYS = ("loss_qvalue_off", "loss_qvalue_on")
+from torchrl_opt.pipeline.agents import td3_update_defs
+from torchrl_opt.pipeline.config import AccelerationConfig, BackboneConfig
+from torchrl_opt.pipeline.functional import SeedBatchedStep
+from torchrl_opt.pipeline.updates import UpdateDef, UpdateEngine
 
 
 def _loss(args, device: torch.device, seed: int = 0) -> OPTLoss:
@@ -57,34 +46,19 @@ def _loss(args, device: torch.device, seed: int = 0) -> OPTLoss:
     return loss.to(device)
 
 
-def _pipeline_steps(loss, acceleration, device):
-    kw = {"device": device, "acceleration": acceleration}
-    updater = soft_update_keeping_targets(loss, 0.005)
-    params = lambda names: [p for n in names for p in getattr(loss, n).values(True, True)]
-    meta = MetaAdaptationLoss(loss, alpha=3e-4)
-    return {
-        "critic": make_update_spec("critic", loss.qvalue_losses, CRITIC_KEYS, params(CRITICS),
-                                   3e-4, **kw).step,
-        "actor": make_update_spec("actor", _method(loss.actor_loss, "loss_actor"), ("loss_actor",),
-                                  params(("actor_network_params",)), 3e-4,
-                                  target_updater=updater, **kw).step,
-        "meta": make_update_spec("pretrain", meta, ("loss_pretrain",), meta.online_parameters(),
-                                 3e-4, target_updater=OnlineTargetUpdate(loss, 0.005), **kw).step,
-    }
+def _steps(loss, acceleration, device) -> dict[str, Callable]:
+    """The pipeline's one-seed critic, actor (+ targets) and meta pre-training steps, built by its
+    update engine (``module`` engine, or ``functional`` with ``acceleration.functional``)."""
+    engine = UpdateEngine(1, device, acceleration)
+    critic, actor = td3_update_defs(loss, BackboneConfig())
+    meta = UpdateDef("pretrain", lambda l: MetaAdaptationLoss(l, alpha=3e-4), ("loss_pretrain",),
+                     loss.online_param_names, 3e-4, targets=loss.online_param_names)
+    return {kind: engine.build([loss], d).step for kind, d in
+            (("critic", critic), ("actor", actor), ("meta", meta))}
 
 
-def _functional_steps(loss):
-    pairs, weight = target_update_pairs(soft_update_keeping_targets(loss, 0.005), loss)
-    on_pairs, on_weight = target_update_pairs(OnlineTargetUpdate(loss, 0.005), loss)
-    meta = MetaAdaptationLoss(loss, alpha=3e-4)
-    return {
-        "critic": make_functional_step(loss, CRITICS, loss.qvalue_losses, CRITIC_KEYS, 3e-4),
-        "actor": make_functional_step(loss, ("actor_network_params",),
-                                      _method(loss.actor_loss, "loss_actor"), ("loss_actor",),
-                                      3e-4, target_updater_pairs=pairs, tau=weight),
-        "meta": make_functional_step(loss, loss.online_param_names, meta, ("loss_pretrain",),
-                                     3e-4, target_updater_pairs=on_pairs, tau=on_weight),
-    }
+def _functional_steps(loss, device) -> dict[str, Callable]:
+    return _steps(loss, AccelerationConfig(compile=False, cudagraphs=False, functional=True), device)
 
 
 def main() -> None:
@@ -113,20 +87,20 @@ def main() -> None:
           f"(us per call)")
 
     modes: dict[str, dict[str, Callable]] = {}
-    modes["eager make_step"] = _pipeline_steps(_loss(args, device), AccelerationConfig(
+    modes["eager make_step"] = _steps(_loss(args, device), AccelerationConfig(
         compile=False, cudagraphs=False), device)
-    modes["compiled make_step"] = _pipeline_steps(_loss(args, device), AccelerationConfig(
+    modes["compiled make_step"] = _steps(_loss(args, device), AccelerationConfig(
         compile=True, cudagraphs=False), device)
-    modes["eager functional"] = _functional_steps(_loss(args, device))
+    modes["eager functional"] = _functional_steps(_loss(args, device), device)
     modes["compiled functional"] = {
-        k: torch.compile(s, fullgraph=True) for k, s in _functional_steps(_loss(args, device)).items()
+        k: torch.compile(s, fullgraph=True) for k, s in _functional_steps(_loss(args, device), device).items()
     }
     if on_cuda:
-        modes["graphed make_step"] = _pipeline_steps(_loss(args, device), AccelerationConfig(
+        modes["graphed make_step"] = _steps(_loss(args, device), AccelerationConfig(
             compile=True, cudagraphs=True), device)
         modes["graphed functional"] = {
             k: CudaGraphModule(torch.compile(s, fullgraph=True), warmup=3, device=device)
-            for k, s in _functional_steps(_loss(args, device)).items()
+            for k, s in _functional_steps(_loss(args, device), device).items()
         }
     results: dict[str, dict[str, float]] = {}
     for mode, steps in modes.items():
@@ -146,7 +120,7 @@ def main() -> None:
     print("seed-batched compiled functional critic step (S seeds in one graph):")
     for S in sorted({1, args.seeds}):
         losses = [_loss(args, device, seed=s) for s in range(S)]
-        step = SeedBatchedStep(losses, _functional_steps(losses[0])["critic"])
+        step = SeedBatchedStep(losses, _functional_steps(losses[0], device)["critic"])
         step = torch.compile(step, fullgraph=True)
         if on_cuda:
             step = CudaGraphModule(step, warmup=3, device=device)

@@ -8,12 +8,12 @@ checkpoints (``offline.checkpoint=.../seed{seed}/offline.pt``). It measures
 * for each configuration: wall-clock of ``collect`` (``n_tau`` steps of the frozen offline policy),
   ``pretrain`` (meta-adaptation of Q_on) and ``finetune`` (env steps at UTD ``--utd``, density-ratio
   priorities, periodic evaluation), as the pipeline reports them (``summary["wall_clock_s"]``); the
-  time spent in evaluation (``RunContext.evaluate`` wrapped with a timer from the outside; it runs
+  time spent in evaluation (``Run.evaluate`` wrapped with a timer from the outside; it runs
   inside ``finetune``); fine-tuning env steps/s and updates/s; the online-phase total (collect +
   pretrain + finetune); the final normalised score (mean over seeds for a group);
-* for each seed count ``S`` of ``--seeds`` (default ``1,10``): the seed-batched pipeline
-  (``seeds=[0..S-1]``) and the online-phase wall-clock ratio S seeds / 1 seed (target <= 2x for 10
-  seeds); ``--single`` adds the plain single-seed pipeline (``seeds=None``) for reference.
+* for each seed count ``S`` of ``--seeds`` (default ``1,10``): the run of ``seeds=[0..S-1]`` (one
+  seed is the same code as ``seeds=None``: no vmap) and the online-phase wall-clock ratio S seeds /
+  1 seed (target <= 2x for 10 seeds); ``--single`` adds ``seeds=None`` for reference.
 
 ``--scale`` multiplies ``n_tau``, the pre-training steps, the fine-tuning env steps and the evaluation
 interval (1.0 = the paper's 25k / 50k / 275k, evaluation every 5k steps); the number of evaluations
@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from torchrl_opt.pipeline import context as context_module
 from torchrl_opt.pipeline import run as run_module
 from torchrl_opt.pipeline.config import (
     AccelerationConfig,
@@ -78,66 +79,44 @@ def log(message: str) -> None:
 
 # ------------------------------------------------------------------ evaluation timer
 class EvalTimer:
-    """Times ``RunContext.evaluate`` from the outside.
-
-    The method is wrapped on :class:`~torchrl_opt.pipeline.run.RunContext` and on every subclass
-    that defines its own (a seed group's batched evaluation), at class level so that a group's
-    members are timed too. Only the outermost call is timed (a group's evaluation may call its
-    members'); ``calls`` counts those, ``steps`` the distinct env steps evaluated.
-    """
+    """Times :meth:`~torchrl_opt.pipeline.context.Run.evaluate` from the outside (wrapped at
+    class level); ``calls`` counts the evaluations, ``steps`` the distinct env steps evaluated."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.calls = 0
         self.steps: set[int] = set()
-        self._depth = 0
-        self._originals: dict[type, Any] = {}
+        self._original: Any = None
 
     def reset(self) -> None:
         self.seconds, self.calls, self.steps = 0.0, 0, set()
 
-    def _wrap(self, original):
+    def install(self) -> None:
         timer = self
+        original = self._original = context_module.Run.evaluate
 
         @functools.wraps(original)
-        def evaluate(ctx, step: int):
-            if timer._depth:  # nested call: the outer one is timing already
-                return original(ctx, step)
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)  # queued updates are not evaluation time
-            timer._depth += 1
+        def evaluate(run_obj, step: int):
+            if run_obj.device.type == "cuda":
+                torch.cuda.synchronize(run_obj.device)  # queued updates are not evaluation time
             start = time.perf_counter()
             try:
-                return original(ctx, step)
+                return original(run_obj, step)
             finally:
                 timer.seconds += time.perf_counter() - start
                 timer.calls += 1
                 timer.steps.add(int(step))
-                timer._depth -= 1
 
-        return evaluate
-
-    def install(self) -> None:
-        import torchrl_opt.pipeline.seeds  # noqa: F401  (defines the seed group's evaluate)
-
-        classes, todo = [], [run_module.RunContext]
-        while todo:
-            cls = todo.pop()
-            classes.append(cls)
-            todo.extend(cls.__subclasses__())
-        for cls in classes:
-            if "evaluate" in vars(cls) and cls not in self._originals:
-                self._originals[cls] = vars(cls)["evaluate"]
-                setattr(cls, "evaluate", self._wrap(vars(cls)["evaluate"]))
+        context_module.Run.evaluate = evaluate
 
     @property
     def wrapped(self) -> list[str]:
-        return [f"{cls.__module__}.{cls.__qualname__}.evaluate" for cls in self._originals]
+        return ["torchrl_opt.pipeline.context.Run.evaluate"] if self._original is not None else []
 
     def uninstall(self) -> None:
-        for cls, original in self._originals.items():
-            setattr(cls, "evaluate", original)
-        self._originals.clear()
+        if self._original is not None:
+            context_module.Run.evaluate = self._original
+            self._original = None
 
 
 # ------------------------------------------------------------------ configuration
@@ -212,7 +191,7 @@ def measure(
     result = run_module.run(cfg)
     run_s = time.perf_counter() - start
     summary = result.summary
-    per_seed = list(result.results) if seeds is not None else [result]
+    per_seed = list(result.results)
     wall = dict(summary["wall_clock_s"])
     updates = dict(summary["updates"])
 
@@ -467,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             args, offline_dir, seeds=list(range(n_offline)), checkpoint=None, offline_only=True
         ))
         settings["offline_prep_s"] = time.perf_counter() - t0
-        checkpoint = str(offline_dir / "seed{seed}" / "offline.pt")
+        # one seed writes into its run directory, a group into <run_dir>/seed<s>/
+        checkpoint = str(offline_dir / ("seed{seed}" if n_offline > 1 else "") / "offline.pt")
         missing = [s for s in range(n_offline)
                    if not Path(checkpoint.replace("{seed}", str(s))).is_file()]
         checks.append({"run": "offline prep", "check": "offline.pt per seed", "ok": not missing,

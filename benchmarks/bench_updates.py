@@ -29,13 +29,14 @@ from collections.abc import Callable
 import torch
 from tensordict import TensorDict
 
-from torchrl_opt.data.replay import DensityRatioEstimator, make_replay
-from torchrl_opt.pipeline.agents import make_agent
-from torchrl_opt.pipeline.config import BackboneConfig, OnlinePretrainConfig
-from torchrl_opt.pipeline.phases import DensityRatioUpdater
-from torchrl_opt.pipeline.updates import AccelerationConfig
-from torchrl_opt.models import bounded_action_spec
 from torchrl.data import Bounded
+
+from torchrl_opt.data.replay import DensityRatioEstimator, make_replay
+from torchrl_opt.models import bounded_action_spec
+from torchrl_opt.pipeline.agents import make_agent
+from torchrl_opt.pipeline.config import AccelerationConfig, BackboneConfig, RunConfig
+from torchrl_opt.pipeline.context import DensityStep
+from torchrl_opt.pipeline.updates import UpdateEngine
 
 MODES = {
     "eager": AccelerationConfig(compile=False, cudagraphs=False),
@@ -84,46 +85,50 @@ def _kinds(args, device: torch.device, acceleration: AccelerationConfig) -> dict
     pair = TensorDict(offline=batch, online=_batch(batch_size, obs_dim, act_dim, device))
     kinds: dict[str, Callable] = {}
 
+    engine = UpdateEngine(1, device, acceleration)  # the pipeline's one-seed engine
+
     def agent(name: str, **kw):
-        cfg = BackboneConfig(name=name, hidden=[args.hidden] * 2, vae_hidden=[750, 750], **kw)
-        return make_agent(cfg, obs_dim, spec, device, acceleration)
+        cfg = RunConfig(
+            backbone=BackboneConfig(name=name, hidden=[args.hidden] * 2, vae_hidden=[750, 750], **kw),
+            acceleration=acceleration,
+        )
+        return make_agent(cfg, obs_dim, spec, device)
+
+    def steps(agent_, kind: str) -> dict[str, Callable]:
+        loss = agent_.loss_for(kind)
+        return {d.name: engine.build([loss], d).step for d in agent_.update_defs(kind)}
 
     td3 = agent("td3")
-    offline = {u.name: u.step for u in td3.offline_updates()}
+    offline = steps(td3, "offline")
     kinds["td3bc_offline_critic"] = lambda: offline["critic"](batch)
     kinds["td3bc_offline_actor"] = lambda: offline["actor"](batch)
 
-    td3.build_finetune_loss(use_q_on=False, kappa=0.0)
-    single = {u.name: u.step for u in td3.finetune_updates()}
+    td3.start_online(q_on=False)
+    single = steps(td3, "finetune")
     kinds["td3_finetune_critic"] = lambda: single["critic"](batch)
     kinds["td3_finetune_actor"] = lambda: single["actor"](batch)
 
     opt = agent("td3")
-    opt.build_finetune_loss(use_q_on=True, kappa=0.5)
-    dual = {u.name: u.step for u in opt.finetune_updates()}
+    opt.start_online(q_on=True, kappa=0.5)
+    dual = steps(opt, "finetune")
     kinds["opt_finetune_critic"] = lambda: dual["critic"](batch)
     kinds["opt_finetune_actor"] = lambda: dual["actor"](batch)
-    meta = opt.pretrain_update(OnlinePretrainConfig())
-    kinds["meta_pretrain"] = lambda: meta.step(pair)
+    meta = steps(opt, "pretrain")["pretrain"]
+    kinds["meta_pretrain"] = lambda: meta(pair)
 
     iql = agent("iql")
-    iql.build_finetune_loss(use_q_on=True, kappa=0.5)
-    iql_steps = {u.name: u.step for u in iql.finetune_updates()}
-    for name, step in iql_steps.items():
+    iql.start_online(q_on=True, kappa=0.5)
+    for name, step in steps(iql, "finetune").items():
         kinds[f"iql_opt_{name}"] = lambda step=step: step(batch)
 
     if args.spot:
-        spot = agent("spot")
-        spot_steps = {u.name: u.step for u in spot.offline_updates()}
+        spot_steps = steps(agent("spot"), "offline")
         kinds["spot_offline_actor"] = lambda: spot_steps["actor"](batch)
 
     data = _batch(args.replay_size, obs_dim, act_dim, device)
     replay = make_replay("balanced", data, 10_000, batch_size, device=device, seed=0)
     replay.extend(_batch(5_000, obs_dim, act_dim, device))
-    estimator = DensityRatioEstimator(obs_dim, act_dim).to(device)
-    density = DensityRatioUpdater(
-        estimator, torch.optim.Adam(estimator.parameters(), lr=3e-4), batch_size
-    )
+    density = DensityStep([DensityRatioEstimator(obs_dim, act_dim).to(device)], 3e-4, batch_size, engine)
     kinds["density_ratio_priority"] = lambda: density(replay, replay.sample())
     return kinds
 

@@ -10,7 +10,8 @@ Examples (see ``docs/recipes.md``)::
     python recipes/opt.py                                    # CPU demo: hopper/random, a few minutes
     python recipes/opt.py env=walker2d dataset=random backbone=td3 scale=paper
     python recipes/opt.py env=antmaze dataset=large-diverse scale=paper   # SPOT, Table 15 kappa
-    python recipes/opt.py method=baseline                    # vanilla fine-tuning, no Q_on
+    python recipes/opt.py method=vanilla                     # vanilla fine-tuning, no Q_on
+    python recipes/opt.py method=rlpd                        # or rlpd_offline, rlpd_opt, wsrl, porl
     python recipes/opt.py ablation=qon_random_init           # one file per paper ablation
     python recipes/opt.py -m seed=0,1,2                      # multi-seed sweep (3 processes)
     python recipes/opt.py seeds=[0,1,2]                      # 3 seeds batched in one process
@@ -24,7 +25,7 @@ Config resolvers (registered by :func:`register_resolvers`, usable in any YAML o
 * ``${opt.run_name:PART,...}`` -> the non-empty parts joined by ``-`` (``none`` dropped, path
   separators replaced), used to name run directories;
 * ``${opt.seed_dir:SEED,SEEDS}`` -> ``seed<SEED>``, or ``seeds<a>-<b>-...`` for a seed-batched run
-  (``seeds=[a,b,...]``: every seed trained in one process, see ``torchrl_opt.pipeline.seeds``).
+  (``seeds=[a,b,...]``: every seed trained in one process, see ``torchrl_opt.pipeline.context``).
 
 Torch threads: unless ``OMP_NUM_THREADS`` is set, the recipe uses one intra-op thread on CPU when
 the networks are small (widest hidden layer <= 128, the ``demo`` scale), which is faster than
@@ -50,7 +51,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from torchrl_opt.objectives.spot import spot_lambda_preset
 from torchrl_opt.pipeline.config import RunConfig, register_configs, to_run_config
-from torchrl_opt.pipeline.seeds import seeds_label
+from torchrl_opt.pipeline.context import seeds_label
 from torchrl_opt.schedules import kappa_preset_config
 
 __all__ = ["format_summary", "main", "make_run_config", "register_resolvers"]
@@ -99,7 +100,8 @@ def _seed_dir(seed: int, seeds: Any) -> str:
     seed-batched run (``seeds=[a,b,...]``; a digest when the list is long)."""
     if seeds is None:
         return f"seed{seed}"
-    return seeds_label([int(s) for s in seeds])
+    seeds = [int(s) for s in seeds]
+    return f"seed{seeds[0]}" if len(seeds) == 1 else seeds_label(seeds)
 
 
 def register_resolvers() -> None:
@@ -165,12 +167,14 @@ def format_summary(summary: dict[str, Any], run_dir: str | Path) -> str:
     phases = ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in wall.items())
     cfg = summary.get("config", {})
     dataset = cfg.get("dataset", {})
-    method = cfg.get("system", "opt")
-    if method == "opt" and not cfg.get("finetune", {}).get("use_q_on", True):
-        method = "baseline"
+    method = summary.get("method", cfg.get("method"))
     seeds = summary.get("seeds")
     fmt = (lambda key: _fmt_seeds(summary, key)) if seeds else (lambda key: _fmt(summary.get(key)))
     which = f"seeds={seeds}" if seeds else f"seed={cfg.get('seed')}"
+    bias = summary.get("final_value_bias") or {}
+    bias_line = ", ".join(
+        f"{critic} {values['bias']:+.2f} (|err| {values['abs_error']:.2f})" for critic, values in bias.items()
+    )
     return "\n".join(
         [
             (
@@ -181,6 +185,11 @@ def format_summary(summary: dict[str, Any], run_dir: str | Path) -> str:
             f"offline normalised score: {fmt('offline_normalized_score')}",
             f"final normalised score:   {fmt('final_normalized_score')}",
             f"best normalised score:    {fmt('best_normalized_score')}",
+            *(
+                [f"value bias on online states, Q(s,pi(s)) - discounted MC return (final evaluation"
+                 f"{', mean over seeds' if seeds else ''}): {bias_line}"]
+                if bias else []
+            ),
             f"wall-clock: {total:.1f}s ({phases})",
             f"summary: {Path(run_dir) / 'summary.json'}",
         ]

@@ -8,8 +8,8 @@ from _helpers import action_spec
 from tensordict import TensorDict
 
 from torchrl_opt.pipeline.agents import make_agent
-from torchrl_opt.pipeline.config import BackboneConfig, OnlinePretrainConfig
-from torchrl_opt.pipeline.updates import AccelerationConfig, accelerate, should_accelerate
+from torchrl_opt.pipeline.config import AccelerationConfig, BackboneConfig, OnlinePretrainConfig, RunConfig
+from torchrl_opt.pipeline.updates import UpdateEngine, accelerate, should_accelerate
 
 OBS, ACT, BATCH, STEPS = 5, 2, 32, 3
 
@@ -37,29 +37,31 @@ def _batches(device, n=STEPS):
 
 def _agent(name, device, acceleration, *, finetune):
     torch.manual_seed(0)
-    agent = make_agent(
-        BackboneConfig(name=name, hidden=[16, 16], vae_hidden=[16, 16]),
-        OBS,
-        action_spec().to(device),
-        device,
-        acceleration,
-    )
+    cfg = RunConfig(backbone=BackboneConfig(name=name, hidden=[16, 16], vae_hidden=[16, 16]),
+                    online_pretrain=OnlinePretrainConfig(alpha=0.1), acceleration=acceleration)
+    agent = make_agent(cfg, OBS, action_spec().to(device), device)
     if finetune:
-        agent.build_finetune_loss(use_q_on=True, kappa=0.4)
+        agent.start_online(q_on=True, kappa=0.4)
     return agent
+
+
+def _updates(agent, kind):
+    """The steps of ``kind`` the pipeline builds for one seed, accelerated per the agent's config."""
+    engine = UpdateEngine(1, agent.device, agent.run_cfg.acceleration)
+    return [engine.build([agent.loss_for(kind)], d) for d in agent.update_defs(kind)]
 
 
 def _run(agent, kind, batches):
     """Apply the agent's update steps of ``kind`` to ``batches``; return losses and final params."""
     if kind == "pretrain":
-        spec = agent.pretrain_update(OnlinePretrainConfig(alpha=0.1))
+        (spec,) = _updates(agent, "pretrain")
         pair_batches = [TensorDict(offline=b, online=b.apply(lambda x: x.flip(0))) for b in batches]
         losses = []
         for i, b in enumerate(pair_batches):
             torch.manual_seed(100 + i)
             losses.append(spec.step(b)["loss_pretrain"].clone())
     else:
-        updates = agent.offline_updates() if kind == "offline" else agent.finetune_updates()
+        updates = _updates(agent, kind)
         losses = []
         for i, b in enumerate(batches):
             for spec in updates:

@@ -17,17 +17,12 @@ import torch
 from _helpers import transition_batch
 from tensordict import TensorDict
 from test_compiled_updates import _agent as _compiled_agent
+from test_compiled_updates import _updates
 
 from torchrl_opt.pipeline import cudagraph
-from torchrl_opt.pipeline.config import OnlinePretrainConfig
+from torchrl_opt.pipeline.config import GRAPH_BACKENDS, AccelerationConfig
 from torchrl_opt.pipeline.cudagraph import CudaGraphStep, batch_spec, check_batch
-from torchrl_opt.pipeline.updates import (
-    GRAPH_BACKENDS,
-    AccelerationConfig,
-    accelerate,
-    make_optimizer,
-    should_accelerate,
-)
+from torchrl_opt.pipeline.updates import accelerate, make_optimizer, should_accelerate
 
 OBS, ACT, BATCH = 5, 2, 32
 
@@ -285,11 +280,9 @@ def _run(agent, kind, batches):
     """Run the agent's ``kind`` steps as the pipeline does (``every``); losses are cloned at once
     because a graphed step's outputs are overwritten by its next replay."""
     losses = []
+    specs = _updates(agent, kind)  # test_compiled_updates' agent pre-trains with alpha=0.1
     if kind == "pretrain":
-        specs = [agent.pretrain_update(OnlinePretrainConfig(alpha=0.1))]
         batches = [TensorDict(offline=b, online=b.apply(lambda x: x.flip(0))) for b in batches]
-    else:
-        specs = agent.finetune_updates()
     for i, b in enumerate(batches):
         for spec in specs:
             if i % spec.every:

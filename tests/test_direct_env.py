@@ -23,9 +23,9 @@ from torchrl_opt.direct_env import (
 )
 from torchrl_opt.env_state import env_restore_on_next_reset, env_snapshot, make_resumable_env
 from torchrl_opt.envs import evaluate_policy
+from torchrl_opt.pipeline.acting import Policies, make_collector
 from torchrl_opt.pipeline.agents import make_agent
-from torchrl_opt.pipeline.config import BackboneConfig
-from torchrl_opt.pipeline.phases import make_step_collector
+from torchrl_opt.pipeline.config import BackboneConfig, RunConfig
 
 ENV_ID, OBS, ACT = "Hopper-v5", 11, 3
 
@@ -44,8 +44,19 @@ def make(seed: int, *, shift: bool = True, norm: bool = True):
 
 def agent(noise: float = 0.5, backbone: str = "td3"):
     torch.manual_seed(0)
-    return make_agent(BackboneConfig(name=backbone, hidden=[16, 16], exploration_noise=noise),
-                      OBS, make(0).action_spec, "cpu")
+    cfg = RunConfig(backbone=BackboneConfig(name=backbone, hidden=[16, 16], exploration_noise=noise))
+    return make_agent(cfg, OBS, make(0).action_spec, "cpu")
+
+
+def explore(agent):
+    """The pipeline's fine-tuning policy of one seed (TD3's noise, IQL's Gaussian sample)."""
+    return Policies([agent]).get("explore")[0]
+
+
+def step_collector(env, agent_, *, direct=None, prefetch=False):
+    """The pipeline's fine-tuning collector of one seed (one transition per batch)."""
+    return make_collector([env], Policies([agent_]), "explore", frames_per_batch=1,
+                          device=torch.device("cpu"), direct=direct, prefetch=prefetch)
 
 
 def torchrl_batches(env, policy, frames, count, seed):
@@ -90,7 +101,7 @@ def assert_same_transitions(direct, reference):
 def test_direct_collector_equals_torchrl_collector(frames, shift, norm, backbone):
     """Same seeds, same policy (with exploration noise drawn from torch's RNG): bit-identical
     transitions over several episodes (Hopper falls within a few dozen random steps)."""
-    policy = agent(backbone=backbone).exploration_policy()
+    policy = explore(agent(backbone=backbone))
     steps = 240 // frames
     reference = torchrl_batches(make(5, shift=shift, norm=norm), policy, frames, steps, seed=3)
     direct = direct_batches(make(5, shift=shift, norm=norm), policy, frames, steps, seed=3)
@@ -100,14 +111,14 @@ def test_direct_collector_equals_torchrl_collector(frames, shift, norm, backbone
 
 @pytest.mark.parametrize("backbone", ["td3", "iql"])
 def test_pipeline_step_collectors_draw_the_same_random_stream(backbone):
-    """``make_step_collector`` builds TorchRL's Collector on a forked RNG (its construction runs
-    the policy once): seeded before construction, both paths give the same transitions and leave
+    """``make_collector`` builds TorchRL's Collector on a forked RNG (its construction runs the
+    policy once): seeded before construction, both paths give the same transitions and leave
     torch's RNG in the same state."""
-    policy = agent(backbone=backbone).exploration_policy()
+    the_agent = agent(backbone=backbone)
     results = {}
     for direct in (False, True):
         torch.manual_seed(11)
-        collector = make_step_collector(make(2), policy, device=torch.device("cpu"), direct=direct)
+        collector = step_collector(make(2), the_agent, direct=direct)
         assert isinstance(collector, DirectCollector) == direct
         stream = iter(collector)
         results[direct] = (torch.cat([next(stream) for _ in range(80)]), torch.rand(4))
@@ -128,7 +139,7 @@ def test_direct_evaluation_equals_torchrl_rollouts():
 def test_direct_collector_resumes_from_an_env_snapshot():
     """Snapshot mid-episode, restore into a fresh env: the continuation equals the uninterrupted
     run (what a resumed fine-tuning run relies on)."""
-    policy = agent(noise=0.3).exploration_policy()
+    policy = explore(agent(noise=0.3))
     torch.manual_seed(1)
     env = make(4)
     collector = DirectCollector(env, policy)
@@ -206,4 +217,4 @@ def test_prefetching_acts_one_step_ahead_of_the_updates():
     counted = make(0)
     counted.append_transform(StepCounter())
     with pytest.raises(ValueError, match="prefetch_action needs direct env stepping"):
-        make_step_collector(counted, actor, device=torch.device("cpu"), prefetch=True)
+        step_collector(counted, agent(), prefetch=True)

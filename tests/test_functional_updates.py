@@ -1,7 +1,7 @@
 """Functional update steps (torch.func gradient + tensor Adam + Polyak) against the eager pipeline.
 
 The eager reference is the pipeline's own ``make_step`` (``backward`` + ``torch.optim.Adam`` +
-``SoftUpdate``/``OnlineTargetUpdate``) built by ``make_update_specs`` / ``pretrain_update``; the
+``SoftUpdate``/``TargetUpdate``) built by the pipeline's update engine; the
 functional steps are built on an identically initialised agent and must land on the same
 parameters, targets and losses.
 """
@@ -17,13 +17,8 @@ from torch import nn
 from torchrl_opt.models import make_qvalue_ensemble, make_td3_actor
 from torchrl_opt.objectives.meta import MetaAdaptationLoss
 from torchrl_opt.objectives.td3_opt import OPTLoss
-from torchrl_opt.pipeline.agents import (
-    OnlineTargetUpdate,
-    _method,
-    make_agent,
-    soft_update_keeping_targets,
-)
-from torchrl_opt.pipeline.config import BackboneConfig, OnlinePretrainConfig
+from torchrl_opt.pipeline.agents import make_agent
+from torchrl_opt.pipeline.config import AccelerationConfig, BackboneConfig, OnlinePretrainConfig, RunConfig
 from torchrl_opt.pipeline.functional import (
     FunctionalAdam,
     FunctionalStep,
@@ -33,7 +28,12 @@ from torchrl_opt.pipeline.functional import (
     stack_seeds,
     target_update_pairs,
 )
-from torchrl_opt.pipeline.updates import AccelerationConfig
+from torchrl_opt.pipeline.updates import (
+    TargetUpdate,
+    UpdateEngine,
+    loss_method,
+    soft_update_keeping_targets,
+)
 
 OBS, ACT, BATCH, STEPS = 5, 2, 32, 3
 EAGER = AccelerationConfig(compile=False, cudagraphs=False)
@@ -57,14 +57,22 @@ def _pairs(batches):
     return [TensorDict(offline=b, online=b.apply(lambda x: x.flip(0))) for b in batches]
 
 
-def _agent(name, device="cpu", *, finetune=True):
+def _agent(name, device="cpu", *, finetune=True, pretrain_cfg=None):
     torch.manual_seed(0)
-    agent = make_agent(
-        BackboneConfig(name=name, hidden=[16, 16]), OBS, action_spec().to(device), device, EAGER
-    )
+    cfg = RunConfig(backbone=BackboneConfig(name=name, hidden=[16, 16]), acceleration=EAGER)
+    if pretrain_cfg is not None:
+        cfg.online_pretrain = pretrain_cfg
+    agent = make_agent(cfg, OBS, action_spec().to(device), device)
     if finetune:
-        agent.build_finetune_loss(use_q_on=True, kappa=0.4)
+        agent.start_online(q_on=True, kappa=0.4)
     return agent
+
+
+def _pipeline_updates(agent, kind):
+    """The steps the pipeline builds for one seed (the ``module`` engine)."""
+    engine = UpdateEngine(1, agent.device, EAGER)
+    assert engine.kind == "module"
+    return [engine.build([agent.loss_for(kind)], d) for d in agent.update_defs(kind)]
 
 
 def _groups(loss, *names):
@@ -72,20 +80,19 @@ def _groups(loss, *names):
 
 
 def functional_specs(loss, cfg) -> list[tuple[str, FunctionalStep, int]]:
-    """The functional twin of ``agents.make_update_specs``: ``(name, step, every)``."""
+    """The functional twin of ``agents.td3_update_defs``: ``(name, step, every)``."""
     pairs, weight = target_update_pairs(soft_update_keeping_targets(loss, cfg.tau), loss)
     critic = _groups(loss, "qvalue_off_network_params", "qvalue_on_network_params")
-    qvalue_keys = tuple(f"loss_qvalue_{c}" for c in loss.critics)
-    actor_loss = _method(loss.actor_loss, "loss_actor")
+    qvalue_keys = loss.qvalue_loss_keys
+    actor_loss = loss_method(loss.actor_loss, "loss_actor")
     if cfg.name == "iql":
         value = _groups(loss, "value_off_network_params", "value_on_network_params")
-        value_keys = tuple(f"loss_value_{c}" for c in loss.critics)
         return [
-            ("value", make_functional_step(loss, value, loss.value_loss, value_keys,
+            ("value", make_functional_step(loss, value, loss.value_losses, loss.value_loss_keys,
                                            cfg.value_lr), 1),
             ("actor", make_functional_step(loss, ("actor_network_params",), actor_loss,
                                            ("loss_actor",), cfg.actor_lr), 1),
-            ("qvalue", make_functional_step(loss, critic, loss.qvalue_loss, qvalue_keys,
+            ("qvalue", make_functional_step(loss, critic, loss.qvalue_losses, qvalue_keys,
                                             cfg.critic_lr, target_updater_pairs=pairs,
                                             tau=weight), 1),
         ]
@@ -99,10 +106,10 @@ def functional_specs(loss, cfg) -> list[tuple[str, FunctionalStep, int]]:
 
 
 def functional_pretrain(loss, cfg: OnlinePretrainConfig, tau: float) -> FunctionalStep:
-    """The functional twin of ``Agent.pretrain_update``."""
+    """The functional twin of the agents' ``pretrain`` update."""
     meta = MetaAdaptationLoss(loss, mode=cfg.mode, order=cfg.order, alpha=cfg.alpha,
                               loss_ratio_weighting=cfg.loss_ratio_weighting)
-    pairs, weight = target_update_pairs(OnlineTargetUpdate(loss, tau), loss)
+    pairs, weight = target_update_pairs(TargetUpdate(loss, loss.online_param_names, tau), loss)
     return make_functional_step(loss, loss.online_param_names, meta, ("loss_pretrain",), cfg.lr,
                                 target_updater_pairs=pairs, tau=weight)
 
@@ -110,12 +117,12 @@ def functional_pretrain(loss, cfg: OnlinePretrainConfig, tau: float) -> Function
 def _run_eager(agent, kind, batches, pretrain_cfg=None):
     losses = []
     if kind == "pretrain":
-        spec = agent.pretrain_update(pretrain_cfg)
+        (spec,) = _pipeline_updates(agent, "pretrain")
         for i, b in enumerate(_pairs(batches)):
             torch.manual_seed(100 + i)
             losses.append(spec.step(b)["loss_pretrain"].clone())
     else:
-        updates = agent.offline_updates() if kind == "offline" else agent.finetune_updates()
+        updates = _pipeline_updates(agent, kind)
         for i, b in enumerate(batches):
             for spec in updates:
                 if i % spec.every:
@@ -153,7 +160,7 @@ def _state(agent, kind):
 
 def _assert_same_run(name, kind, *, exact, pretrain_cfg=None, wrap=lambda s: s):
     batches = _batches()
-    eager, fun = _agent(name, finetune=kind != "offline"), _agent(name, finetune=kind != "offline")
+    eager, fun = (_agent(name, finetune=kind != "offline", pretrain_cfg=pretrain_cfg) for _ in range(2))
     before = _state(fun, kind)
     eager_losses = _run_eager(eager, kind, batches, pretrain_cfg)
     fun_losses = _run_functional(fun, kind, batches, pretrain_cfg, wrap)
@@ -276,22 +283,26 @@ def test_second_order_meta_step_differs_from_first_order():
 
 
 def test_grad_clipping_matches_clip_grad_norm():
-    from torchrl_opt.pipeline.updates import make_step
-
     batches = _batches()
     losses = []
     for functional in (False, True):
         agent = _agent("td3")
         loss = agent.finetune_loss
         names = ("qvalue_off_network_params", "qvalue_on_network_params")
-        keys = ("loss_qvalue_off", "loss_qvalue_on")
+        keys = loss.qvalue_loss_keys
         if functional:
             step = make_functional_step(loss, names, loss.qvalue_losses, keys, 1e-3,
                                         max_grad_norm=0.05)
-        else:
+        else:  # backward, torch's clip_grad_norm_, torch.optim.Adam
             params = [p for n in names for p in getattr(loss, n).values(True, True)]
-            step = make_step(loss.qvalue_losses, keys, torch.optim.Adam(params, lr=1e-3),
-                             max_grad_norm=0.05)
+            optimizer = torch.optim.Adam(params, lr=1e-3)
+
+            def step(batch):
+                out = loss.qvalue_losses(batch)
+                sum(out[k] for k in keys).backward()
+                torch.nn.utils.clip_grad_norm_(params, 0.05)
+                optimizer.step()
+                optimizer.zero_grad()
         for i, b in enumerate(batches):
             torch.manual_seed(i)
             step(b)
@@ -301,7 +312,7 @@ def test_grad_clipping_matches_clip_grad_norm():
 
 def test_functional_step_rejects_bad_configuration():
     loss = _agent("td3").finetune_loss
-    keys = ("loss_qvalue_off",)
+    keys = ("loss_qvalue",)
     with pytest.raises(FunctionalStepError, match="no parameter group 'critic_params'"):
         make_functional_step(loss, ("critic_params",), loss.qvalue_losses, keys, 1e-3)
     with pytest.raises(FunctionalStepError, match="param_names is empty"):
@@ -325,7 +336,7 @@ def test_functional_step_trains_only_its_groups_and_returns_detached_metrics():
     before = {k: v.clone() for k, v in loss.state_dict().items()}
     out = step(_batches(n=1)[0])
     assert not any(v.requires_grad for v in out.values(True, True))
-    assert set(out.keys()) >= {"loss_qvalue_off", "loss_qvalue_on"}
+    assert set(out.keys()) >= {"loss_qvalue", "loss_qvalue_on"}
     for key, value in loss.state_dict().items():
         changed = not torch.equal(value, before[key])
         assert changed == (key.startswith(("qvalue_off_network_params", "qvalue_on_network_params"))
@@ -353,14 +364,14 @@ def _opt_loss(seed, policy_noise=0.0):
 def _critic_step(loss):
     return make_functional_step(
         loss, ("qvalue_off_network_params", "qvalue_on_network_params"), loss.qvalue_losses,
-        ("loss_qvalue_off", "loss_qvalue_on"), 1e-3,
+        ("loss_qvalue", "loss_qvalue_on"), 1e-3,
     )
 
 
 def _actor_step(loss):
     pairs, weight = target_update_pairs(soft_update_keeping_targets(loss, 0.05), loss)
     return make_functional_step(loss, ("actor_network_params",),
-                                _method(loss.actor_loss, "loss_actor"), ("loss_actor",), 1e-3,
+                                loss_method(loss.actor_loss, "loss_actor"), ("loss_actor",), 1e-3,
                                 target_updater_pairs=pairs, tau=weight)
 
 
@@ -410,7 +421,7 @@ def test_seed_batched_noise_is_independent_per_seed():
         batched = SeedBatchedStep(losses, _critic_step(losses[0]), randomness=randomness)
         batch = torch.stack([_batches(n=1)[0]] * 3)
         torch.manual_seed(0)
-        results[randomness] = batched(batch)["loss_qvalue_off"]
+        results[randomness] = batched(batch)["loss_qvalue"]
     assert torch.allclose(results["same"], results["same"][0].expand(3))
     assert not torch.allclose(results["different"][0], results["different"][1])
 
@@ -506,9 +517,9 @@ def test_compiled_and_graphed_functional_steps_match_eager_on_cuda(name, kind):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     batches = _batches("cuda", n=STEPS + 2)
-    eager = _agent(name, "cuda")
-    fun = _agent(name, "cuda")
     cfg = OnlinePretrainConfig(alpha=0.1)
+    eager = _agent(name, "cuda", pretrain_cfg=cfg)
+    fun = _agent(name, "cuda", pretrain_cfg=cfg)
     with torch._inductor.config.patch(fallback_random=True):
         eager_losses = _run_eager(eager, kind, batches, cfg)
         fun_losses = _run_functional(fun, kind, batches, cfg, wrap=_cuda_graphed)
@@ -530,8 +541,8 @@ def test_graphed_seed_batched_step_equals_independent_runs_on_cuda():
     g = torch.Generator().manual_seed(3)
     for _ in range(4):
         batch = _seed_batch(S, False, g).cuda()
-        expected = torch.stack([step(batch[i])["loss_qvalue_off"] for i, step in enumerate(singles)])
-        torch.testing.assert_close(batched(batch)["loss_qvalue_off"], expected, rtol=1e-4, atol=1e-5)
+        expected = torch.stack([step(batch[i])["loss_qvalue"] for i, step in enumerate(singles)])
+        torch.testing.assert_close(batched(batch)["loss_qvalue"], expected, rtol=1e-4, atol=1e-5)
     for i in range(S):
         for a, b in zip(single_losses[i].parameters(), losses[i].parameters()):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

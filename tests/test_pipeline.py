@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 
-import torchrl_opt.pipeline.run as runmod
+import torchrl_opt.pipeline.context as ctxmod
 from torchrl_opt.data.generate import ensure_dataset
 from torchrl_opt.env_state import make_resumable_env
 from torchrl_opt.envs import evaluate_policy
@@ -36,6 +36,7 @@ from torchrl_opt.pipeline.checkpoint import (
 )
 from torchrl_opt.pipeline.config import ConfigError, RunConfig, to_run_config
 from torchrl_opt.pipeline.logging import RunLogger
+from torchrl_opt.pipeline.run import RunResult, run
 from torchrl_opt.schedules import KappaSchedule
 
 DATA_SIZE = 1500
@@ -94,7 +95,7 @@ def _single_thread_and_data(minari_root, monkeypatch):
 
 
 def tiny_cfg(run_dir: Path, backbone: str = "td3", use_q_on: bool = True) -> RunConfig:
-    cfg = RunConfig(seed=0, device="cpu", run_dir=str(run_dir))
+    cfg = RunConfig(seed=0, device="cpu", run_dir=str(run_dir), method="opt" if use_q_on else "vanilla")
     cfg.dataset.task, cfg.dataset.kind, cfg.dataset.size = "hopper", "random", DATA_SIZE
     cfg.backbone.name = backbone
     cfg.backbone.hidden = [32, 32]
@@ -106,11 +107,10 @@ def tiny_cfg(run_dir: Path, backbone: str = "td3", use_q_on: bool = True) -> Run
     cfg.online_pretrain.steps = PRETRAIN_STEPS
     cfg.online_pretrain.batch_size = 32
     cfg.finetune.env_steps, cfg.finetune.utd, cfg.finetune.batch_size = ENV_STEPS, UTD, 32
-    cfg.finetune.use_q_on = use_q_on
     k = cfg.finetune.kappa
     k.kind, k.init, k.end, k.t_decay, k.start = "linear", KAPPA["init"], KAPPA["end"], KAPPA["t_decay"], KAPPA["start"]
     cfg.eval.every, cfg.eval.episodes, cfg.eval.max_steps = EVAL_EVERY, EVAL_EPISODES, 30
-    cfg.logging.log_every, cfg.logging.progress = LOG_EVERY, False
+    cfg.logging.log_every, cfg.logging.progress, cfg.logging.report = LOG_EVERY, False, False
     cfg.checkpoint.every, cfg.checkpoint.resume = CHECKPOINT_EVERY, True
     return cfg
 
@@ -140,40 +140,22 @@ def _loss_state(agent: Agent) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in agent.finetune_loss.state_dict().items() if torch.is_tensor(v)}
 
 
-def instrumented_run(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch) -> tuple[runmod.RunResult, Record]:
-    """``run(cfg)`` with its phase functions wrapped to count steps and take snapshots."""
+def instrumented_run(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch) -> tuple[RunResult, Record]:
+    """``run(cfg)`` with the phase loops and phase methods wrapped to count steps and take
+    snapshots (what actually ran, not the pipeline's own bookkeeping)."""
     record = Record()
-    agents: list[Agent] = []
-    original_pretrain_update = Agent.pretrain_update
+    loops = {name: getattr(ctxmod, name) for name in ("train_steps", "finetune")}
+    methods = {name: getattr(ctxmod.Run, name) for name in ("pretrain", "collect")}
 
-    def pretrain_update(self, *args, **kwargs):
-        agents.append(self)
-        return original_pretrain_update(self, *args, **kwargs)
-
-    def train_vae(vae_step, *args, **kwargs):
-        return runmod_train_vae(_count(record, "vae", vae_step), *args, **kwargs)
-
-    def train_offline(agent, updates, *args, **kwargs):
+    def train_steps(updates, sample, steps, *, name, **kwargs):
         for spec in updates:
-            spec.step = _count(record, f"offline/{spec.name}", spec.step)
-        return runmod_train_offline(agent, updates, *args, **kwargs)
+            spec.step = _count(record, f"{name}/{spec.name}", spec.step)
+        return loops["train_steps"](updates, sample, steps, name=name, **kwargs)
 
-    def collect_online(env, policy, *args, **kwargs):
-        record.collected_policy = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-        out = runmod_collect_online(env, policy, *args, **kwargs)
-        record.collected_data = out.clone()
-        return out
-
-    def pretrain_online(pretrain_step, *args, **kwargs):
-        agent = agents[-1]
-        record.pretrain_before = _loss_state(agent)
-        out = runmod_pretrain_online(_count(record, "pretrain", pretrain_step), *args, **kwargs)
-        record.pretrain_after = _loss_state(agent)
-        return out
-
-    def finetune(agent, updates, replay, *args, **kwargs):
+    def finetune(updates, replay, *args, name, **kwargs):
         first = updates[0]
         inner = first.step
+        agent = current[0].agents[0]
 
         def step(batch):
             record.kappa_per_update.append(float(agent.finetune_loss.kappa))
@@ -181,26 +163,42 @@ def instrumented_run(cfg: RunConfig, monkeypatch: pytest.MonkeyPatch) -> tuple[r
 
         first.step = step
         for spec in updates:
-            spec.step = _count(record, f"finetune/{spec.name}", spec.step)
-        out = runmod_finetune(agent, updates, replay, *args, **kwargs)
+            spec.step = _count(record, f"{name}/{spec.name}", spec.step)
+        out = loops["finetune"](updates, replay, *args, name=name, **kwargs)
         record.finetune_online_rows = replay.num_online
         return out
 
-    runmod_train_vae, runmod_train_offline = runmod.train_vae, runmod.train_offline
-    runmod_collect_online, runmod_pretrain_online = runmod.collect_online, runmod.pretrain_online
-    runmod_finetune = runmod.finetune
+    current: list = []
+
+    def pretrain(self, phase, resume):
+        current[:] = [self]
+        record.pretrain_before = _loss_state(self.agents[0])
+        methods["pretrain"](self, phase, resume)
+        record.pretrain_after = _loss_state(self.agents[0])
+
+    def collect(self, phase, resume):
+        current[:] = [self]
+        record.collected_policy = {k: v.detach().clone() for k, v in self.agents[0].actor.state_dict().items()}
+        methods["collect"](self, phase, resume)
+        record.collected_data = self.online_data.clone()
+
+    original_finetune_parts = ctxmod.Run.finetune_parts
+
+    def finetune_parts(self, *args, **kwargs):
+        current[:] = [self]
+        return original_finetune_parts(self, *args, **kwargs)
+
     with monkeypatch.context() as mp:
-        mp.setattr(Agent, "pretrain_update", pretrain_update)
-        mp.setattr(runmod, "train_vae", train_vae)
-        mp.setattr(runmod, "train_offline", train_offline)
-        mp.setattr(runmod, "collect_online", collect_online)
-        mp.setattr(runmod, "pretrain_online", pretrain_online)
-        mp.setattr(runmod, "finetune", finetune)
-        result = runmod.run(cfg)
+        mp.setattr(ctxmod, "train_steps", train_steps)
+        mp.setattr(ctxmod, "finetune", finetune)
+        mp.setattr(ctxmod.Run, "pretrain", pretrain)
+        mp.setattr(ctxmod.Run, "collect", collect)
+        mp.setattr(ctxmod.Run, "finetune_parts", finetune_parts)
+        result = run(cfg)
     return result, record
 
 
-_REFERENCE: dict[tuple[str, bool], tuple[runmod.RunResult, Record]] = {}
+_REFERENCE: dict[tuple[str, bool], tuple[RunResult, Record]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +206,7 @@ def reference_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("reference_runs")
 
 
-def reference_run(backbone: str, use_q_on: bool, root: Path, monkeypatch) -> tuple[runmod.RunResult, Record]:
+def reference_run(backbone: str, use_q_on: bool, root: Path, monkeypatch) -> tuple[RunResult, Record]:
     """The uninterrupted tiny run of ``(backbone, use_q_on)``, computed once per module."""
     key = (backbone, use_q_on)
     if key not in _REFERENCE:
@@ -228,8 +226,8 @@ def _assert_series_close(actual, expected, rel: float) -> None:
     assert [value for _, value in actual] == pytest.approx([value for _, value in expected], rel=rel)
 
 
-def _csv_dir(result: runmod.RunResult, cfg: RunConfig) -> Path:
-    return result.run_dir / runmod._experiment_name(cfg) / "scalars"
+def _csv_dir(result: RunResult, cfg: RunConfig) -> Path:
+    return result.run_dir / "logs" / "scalars"
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -240,7 +238,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def _agent_state(result: runmod.RunResult) -> dict[str, torch.Tensor]:
+def _agent_state(result: RunResult) -> dict[str, torch.Tensor]:
     return {k: v for k, v in result.agent.state_dict().items() if torch.is_tensor(v)}
 
 
@@ -262,9 +260,9 @@ def test_end_to_end(backbone, use_q_on, reference_dir, monkeypatch):
 
     # --- every phase ran its configured number of steps (counted by the wrappers)
     if backbone == "spot":
-        assert record.calls["vae"] == VAE_STEPS
+        assert record.calls["vae/vae"] == VAE_STEPS
     else:
-        assert "vae" not in record.calls
+        assert "vae/vae" not in record.calls
     if backbone == "iql":
         for name in ("value", "actor", "qvalue"):
             assert record.calls[f"offline/{name}"] == OFFLINE_STEPS
@@ -280,7 +278,7 @@ def test_end_to_end(backbone, use_q_on, reference_dir, monkeypatch):
     assert result.summary["updates"]["finetune"] == ENV_STEPS * UTD
 
     if use_q_on:
-        assert record.calls["pretrain"] == PRETRAIN_STEPS
+        assert record.calls["pretrain/pretrain"] == PRETRAIN_STEPS
         # --- online pre-training moved Q_on only: actor, Q_off (V_off) and targets bit-identical
         before, after = record.pretrain_before, record.pretrain_after
         frozen = [k for k in before if k.startswith(FROZEN_PREFIXES)]
@@ -298,7 +296,7 @@ def test_end_to_end(backbone, use_q_on, reference_dir, monkeypatch):
         for step, value in history["finetune/kappa"]:
             assert value == pytest.approx(schedule.value(step), abs=1e-7)
     else:
-        assert "pretrain" not in record.calls
+        assert "pretrain/pretrain" not in record.calls
         assert not any(k.startswith("pretrain/") for k in history)
         assert "finetune/kappa" not in history
         assert not any("_on" in k for k in history if k.startswith("finetune/"))
@@ -336,8 +334,8 @@ def test_finished_run_is_not_rerun(reference_dir, monkeypatch):
     result, _ = reference_run("td3", True, reference_dir, monkeypatch)
     cfg = tiny_cfg(result.run_dir, "td3", True)
     before = _tree_digest(result.run_dir)
-    monkeypatch.setattr(runmod, "train_offline", lambda *a, **k: pytest.fail("retrained"))
-    again = runmod.run(cfg)
+    monkeypatch.setattr(ctxmod, "train_steps", lambda *a, **k: pytest.fail("retrained"))
+    again = run(cfg)
     assert again.history == result.history
     assert again.summary == json.loads(json.dumps(result.summary, default=str))
     _assert_states_equal(_agent_state(again), _agent_state(result))
@@ -352,21 +350,22 @@ class _Kill(Exception):
 
 
 def _kill_after_checkpoint(monkeypatch, phase: str, step: int) -> None:
-    original = runmod.RunContext.save
+    original = ctxmod.Run.save
 
     def save(self, ph, st, updates, **extra):
         original(self, ph, st, updates, **extra)
         if (ph, st) == (phase, step):
             raise _Kill(phase, step)
 
-    monkeypatch.setattr(runmod.RunContext, "save", save)
+    monkeypatch.setattr(ctxmod.Run, "save", save)
 
 
 # (backbone, use_q_on, phase killed, step of its checkpoint, checkpoint.every)
 RESUME_CASES = [
     ("spot", True, "vae", CHECKPOINT_EVERY, CHECKPOINT_EVERY),
     ("spot", True, "offline", CHECKPOINT_EVERY, CHECKPOINT_EVERY),
-    ("spot", True, "pretrain", 0, CHECKPOINT_EVERY),  # right after collecting B_on
+    ("spot", True, "collect", N_TAU, CHECKPOINT_EVERY),  # right after collecting B_on
+    ("td3", True, "collect", CHECKPOINT_EVERY, CHECKPOINT_EVERY),  # in the middle of collecting
     ("spot", True, "pretrain", CHECKPOINT_EVERY, CHECKPOINT_EVERY),
     ("spot", True, "finetune", CHECKPOINT_EVERY, CHECKPOINT_EVERY),
     ("iql", True, "finetune", 2 * CHECKPOINT_EVERY, CHECKPOINT_EVERY),
@@ -394,11 +393,11 @@ def test_resume_reproduces_uninterrupted_run(
     with monkeypatch.context() as mp:
         _kill_after_checkpoint(mp, phase, step)
         with pytest.raises(_Kill):
-            runmod.run(cfg)
+            run(cfg)
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert (state["phase"], state["step"]) == (phase, step)
 
-    resumed = runmod.run(cfg)
+    resumed = run(cfg)
     assert resumed.history == reference.history  # losses, kappa, lambda, eval returns: exact
     _assert_states_equal(_agent_state(resumed), _agent_state(reference))
     for key in ("scores", "final_normalized_score", "updates"):
@@ -421,11 +420,11 @@ def test_kill_between_checkpoints_leaves_no_duplicate_log_rows(reference_dir, tm
     with monkeypatch.context() as mp:
         mp.setattr(RunLogger, "log", log)
         with pytest.raises(_Kill):
-            runmod.run(cfg)
+            run(cfg)
     killed_scalars = _csv_dir(reference, cfg).relative_to(reference.run_dir)
     partial = _read_csv(tmp_path / "run" / killed_scalars / "finetune" / "loss_actor.csv")
     assert [s for s, _ in partial] == [5, 10, 15]
-    resumed = runmod.run(cfg)
+    resumed = run(cfg)
     assert resumed.history == reference.history
     ref_dir, new_dir = _csv_dir(reference, cfg), _csv_dir(resumed, cfg)
     ref_files = sorted(p.relative_to(ref_dir) for p in ref_dir.rglob("*.csv"))
@@ -437,7 +436,7 @@ def test_kill_between_checkpoints_leaves_no_duplicate_log_rows(reference_dir, tm
 # ---------------------------------------------------------------------------------------------
 # corrupt, mismatched and reused checkpoints
 # ---------------------------------------------------------------------------------------------
-def _copy_run(reference: runmod.RunResult, tmp_path: Path) -> Path:
+def _copy_run(reference: RunResult, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(reference.run_dir, target)
     return target
@@ -457,7 +456,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_destroys_nothing(damage, refere
         path.write_bytes(b"")
     before = _tree_digest(run_dir)
     with pytest.raises(CheckpointError, match="corrupt") as info:
-        runmod.run(tiny_cfg(run_dir, "td3", True))
+        run(tiny_cfg(run_dir, "td3", True))
     assert not isinstance(info.value, CheckpointMismatchError)
     assert "checkpoint.resume=false" in str(info.value)
     assert _tree_digest(run_dir) == before
@@ -480,7 +479,7 @@ def test_mismatched_checkpoint_names_the_difference(change, entry, reference_dir
     cfg = tiny_cfg(run_dir, "td3", True)
     change(cfg)
     with pytest.raises(CheckpointMismatchError, match=entry):
-        runmod.run(cfg)
+        run(cfg)
     assert _tree_digest(run_dir) == before
 
 
@@ -491,7 +490,7 @@ def test_resume_false_starts_afresh(reference_dir, tmp_path, monkeypatch):
     (run_dir / "checkpoint.pt").write_bytes(b"garbage")
     cfg = tiny_cfg(run_dir, "td3", False)
     cfg.checkpoint.resume = False
-    result = runmod.run(cfg)
+    result = run(cfg)
     assert result.history == reference.history
     csv_rows = _read_csv(_csv_dir(result, cfg) / "eval" / "normalized_score.csv")
     _assert_series_close(csv_rows, reference.history["eval/normalized_score"], rel=1e-12)
@@ -501,7 +500,7 @@ def test_missing_offline_checkpoint_is_a_config_error(tmp_path):
     cfg = tiny_cfg(tmp_path / "run")
     cfg.offline.checkpoint = str(tmp_path / "nowhere" / "offline.pt")
     with pytest.raises(ConfigError, match="offline.checkpoint"):
-        runmod.run(cfg)
+        run(cfg)
 
 
 def test_offline_checkpoint_is_reused(reference_dir, tmp_path, monkeypatch):
@@ -513,7 +512,7 @@ def test_offline_checkpoint_is_reused(reference_dir, tmp_path, monkeypatch):
         cfg = tiny_cfg(tmp_path / f"reuse-{use_q_on}", "spot", use_q_on)
         cfg.offline.checkpoint = str(offline_pt)
         result, record = instrumented_run(cfg, monkeypatch)
-        assert "vae" not in record.calls and not any(k.startswith("offline/") for k in record.calls)
+        assert "vae/vae" not in record.calls and not any(k.startswith("offline/") for k in record.calls)
         assert not any(k.startswith(("offline", "vae")) for k in result.history)
         # the same offline policy collected B_on, so B_on is the same too
         _assert_states_equal(record.collected_policy, ref_record.collected_policy)
@@ -526,7 +525,7 @@ def test_offline_checkpoint_of_another_backbone_is_refused(reference_dir, tmp_pa
     cfg = tiny_cfg(tmp_path / "run", "td3", True)
     cfg.offline.checkpoint = str(reference.run_dir / "offline.pt")
     with pytest.raises(CheckpointMismatchError, match="backbone"):
-        runmod.run(cfg)
+        run(cfg)
 
 
 def test_corrupt_offline_checkpoint(tmp_path):
@@ -535,7 +534,7 @@ def test_corrupt_offline_checkpoint(tmp_path):
     cfg = tiny_cfg(tmp_path / "run")
     cfg.offline.checkpoint = str(path)
     with pytest.raises(CheckpointError, match="corrupt"):
-        runmod.run(cfg)
+        run(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,7 +571,7 @@ def test_bad_config_value_names_the_key(key, value, tmp_path):
         node = getattr(node, part)
     setattr(node, leaf, value)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        runmod.run(cfg)
+        run(cfg)
     assert not (tmp_path / "run").exists()  # rejected before anything was written
 
 
@@ -580,12 +579,12 @@ def test_config_dependencies_are_checked(tmp_path):
     cfg = tiny_cfg(tmp_path / "run")
     cfg.online_pretrain.n_tau = 0
     with pytest.raises(ConfigError, match="online_pretrain.n_tau"):
-        runmod.run(cfg)
+        run(cfg)
     cfg = tiny_cfg(tmp_path / "run")
     cfg.finetune.kappa.kind = "preset"
     cfg.dataset.kind = "no-such-kind"
     with pytest.raises(ConfigError, match="finetune.kappa.kind"):
-        runmod.run(cfg)
+        run(cfg)
 
 
 def test_dict_config_unknown_or_unconvertible_key():
@@ -597,41 +596,14 @@ def test_dict_config_unknown_or_unconvertible_key():
     assert isinstance(cfg, RunConfig) and cfg.finetune.utd == 3 and cfg.backbone.hidden == [8, 8]
 
 
-def test_reward_shift_applies_to_training_data_and_env_not_to_evaluation(tmp_path):
-    """``dataset.reward_shift`` (AntMaze's r - 1) shifts offline and online training rewards only."""
-    from torchrl_opt.pipeline.run import RunContext, load_dataset
-
-    cfg = tiny_cfg(tmp_path)
-    plain, _, _ = load_dataset(cfg, torch.device("cpu"))
-    cfg.dataset.reward_shift = -1.0
-    shifted, _, _ = load_dataset(cfg, torch.device("cpu"))
-    torch.testing.assert_close(shifted["next", "reward"], plain["next", "reward"] - 1.0)
-
-    ctx = RunContext(cfg)
-    actions = torch.zeros(5, *ctx.agent.action_spec.shape)
-    rewards = {}
-    for train in (True, False):
-        env = ctx.make_env(seed=3, train=train)
-        td = env.reset()
-        out = []
-        for a in actions:
-            td.set("action", a)
-            td = env.step(td)
-            out.append(td["next", "reward"].clone())
-            td = td["next"]
-        rewards[train] = torch.stack(out)
-        env.close()
-    torch.testing.assert_close(rewards[True], rewards[False] - 1.0)
-
-
 @pytest.mark.parametrize("backbone", ["td3", "iql"])
 def test_functional_steps_reproduce_the_default_pipeline(tmp_path, backbone):
     """``acceleration.functional`` (torch.func gradient + tensor Adam) is the same maths as the
     default ``torch.optim`` steps: a whole tiny run logs the same history."""
-    reference = runmod.run(tiny_cfg(tmp_path / "default", backbone))
+    reference = run(tiny_cfg(tmp_path / "default", backbone))
     cfg = tiny_cfg(tmp_path / "functional", backbone)
     cfg.acceleration.functional = True
-    functional = runmod.run(cfg)
+    functional = run(cfg)
     assert functional.history.keys() == reference.history.keys()
     for key, series in reference.history.items():
         _assert_series_close(functional.history[key], series, rel=1e-5)
@@ -643,10 +615,10 @@ def test_direct_env_stepping_reproduces_torchrl_collectors(tmp_path, backbone):
     a whole run logs exactly the history of the run stepped by TorchRL's Collector and rollouts."""
     cfg = tiny_cfg(tmp_path / "torchrl", backbone)
     cfg.acceleration.direct_env = False
-    reference = runmod.run(cfg)
+    reference = run(cfg)
     cfg = tiny_cfg(tmp_path / "direct", backbone)
     cfg.acceleration.direct_env = True
-    direct = runmod.run(cfg)
+    direct = run(cfg)
     assert direct.history == reference.history
     _assert_states_equal(_agent_state(direct), _agent_state(reference))
 
@@ -659,22 +631,22 @@ def test_prefetching_runs_resume_exactly(tmp_path, monkeypatch):
         cfg.finetune.prefetch_action = True
         return cfg
 
-    reference = runmod.run(cfg_at(tmp_path / "reference"))
-    default = runmod.run(tiny_cfg(tmp_path / "default", "td3", True))
+    reference = run(cfg_at(tmp_path / "reference"))
+    default = run(tiny_cfg(tmp_path / "default", "td3", True))
     assert reference.history["finetune/loss_actor"] != default.history["finetune/loss_actor"]
     cfg = cfg_at(tmp_path / "run")
     with monkeypatch.context() as mp:
         _kill_after_checkpoint(mp, "finetune", CHECKPOINT_EVERY)
         with pytest.raises(_Kill):
-            runmod.run(cfg)
+            run(cfg)
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["pending_action"].shape == (3,)
-    resumed = runmod.run(cfg)
+    resumed = run(cfg)
     assert resumed.history == reference.history
     bad = cfg_at(tmp_path / "bad")
     bad.acceleration.direct_env = False
     with pytest.raises(ConfigError, match="prefetch_action"):
-        runmod.run(bad)
+        run(bad)
 
 
 @pytest.mark.parametrize("phase,step", [("pretrain", CHECKPOINT_EVERY), ("finetune", CHECKPOINT_EVERY)])
@@ -686,13 +658,13 @@ def test_functional_steps_resume_exactly(phase, step, tmp_path, monkeypatch):
         cfg.acceleration.functional = True
         return cfg
 
-    reference = runmod.run(cfg_at(tmp_path / "reference"))
+    reference = run(cfg_at(tmp_path / "reference"))
     cfg = cfg_at(tmp_path / "run")
     with monkeypatch.context() as mp:
         _kill_after_checkpoint(mp, phase, step)
         with pytest.raises(_Kill):
-            runmod.run(cfg)
-    resumed = runmod.run(cfg)
+            run(cfg)
+    resumed = run(cfg)
     assert resumed.history == reference.history
 
 
@@ -700,6 +672,6 @@ def test_zero_finetune_steps_takes_no_env_step(tmp_path):
     """``finetune.env_steps=0`` stops after online pre-training: no fine-tuning transition, no update."""
     cfg = tiny_cfg(tmp_path, "td3", True)
     cfg.finetune.env_steps = 0
-    result = runmod.run(cfg)
+    result = run(cfg)
     assert result.summary["updates"]["finetune"] == 0
     assert not any(key.startswith("finetune/") for key in result.history)

@@ -109,11 +109,12 @@ def test_preset_resolves_to_paper_settings(env, dataset, backbone):
     assert (cfg.dataset.task, cfg.dataset.kind, cfg.backbone.name) == (env, dataset, backbone)
     domain = _domain(env)
     assert cfg.dataset.source == ("generated" if domain == "mujoco" else "minari")
-    assert cfg.backbone.layer_norm is (domain == "adroit")
+    assert cfg.backbone.actor_layer_norm is cfg.backbone.critic_layer_norm is (
+        True if domain == "adroit" else None)
     assert cfg.backbone.gamma == (0.995 if dataset.startswith("large") else 0.99)
     if domain == "antmaze":
         assert cfg.backbone.spot_lambda == SPOT_LAMBDA[dataset]
-    assert cfg.finetune.use_q_on is True
+    assert cfg.method == "opt"
     assert cfg.finetune.replay == "balanced"
     assert cfg.online_pretrain.mode == "meta"
     # kappa: the preset is resolved at run time from the single table (nothing copied to YAML)
@@ -136,13 +137,13 @@ def test_env_selects_paper_backbone(env, dataset):
     cfg = _run_config(f"env={env}", f"dataset={dataset}")
     assert cfg.backbone.name == PAPER_BACKBONE[env]
     assert cfg.backbone.hidden == [64, 64] and cfg.finetune.utd == 1
-    assert cfg.backbone.layer_norm is (_domain(env) == "adroit")
+    assert cfg.backbone.critic_layer_norm is (True if _domain(env) == "adroit" else None)
 
 
 def test_default_is_small_complete_demo():
     cfg = _run_config()
     assert (cfg.dataset.task, cfg.dataset.kind, cfg.dataset.source) == ("hopper", "random", "generated")
-    assert cfg.backbone.name == "td3" and cfg.finetune.use_q_on
+    assert cfg.backbone.name == "td3" and cfg.method == "opt"
     assert max(cfg.backbone.hidden) <= 64
     # every phase runs, with small budgets
     assert 1_000 <= cfg.offline.steps <= 5_000
@@ -169,8 +170,19 @@ def test_make_run_config_uses_output_dir(tmp_path):
 
 # ---------------------------------------------------------------- methods and ablations
 def test_methods():
-    assert _run_config("method=opt").finetune.use_q_on is True
-    assert _run_config("method=baseline").finetune.use_q_on is False
+    assert _run_config("method=opt").method == "opt"
+    assert _run_config("method=vanilla").method == "vanilla"
+
+
+@pytest.mark.parametrize("method", ["opt", "vanilla", "rlpd", "rlpd_offline", "rlpd_opt", "wsrl", "porl"])
+def test_demo_scale_makes_every_method_a_demo(method):
+    """``scale=demo`` (the default) shrinks every method's networks, UTD and budgets."""
+    cfg = _run_config(f"method={method}")
+    assert cfg.backbone.hidden == [64, 64]
+    assert max(cfg.finetune.utd, cfg.rlpd.utd, cfg.wsrl.utd, cfg.porl.utd) <= 2
+    assert max(cfg.rlpd.start_steps, cfg.wsrl.warmup_steps, cfg.porl.presample_steps) <= 1_000
+    assert cfg.porl.bc_steps <= cfg.offline.steps <= 5_000
+    assert cfg.finetune.env_steps <= 3_000
 
 
 def test_every_paper_ablation_has_a_file():
@@ -189,7 +201,7 @@ def test_ablation_composes(ablation):
         "qon_random_init": {"online_pretrain.steps": 0},
         "qon_bon_only": {"online_pretrain.mode": "online"},
         "qon_joint": {"online_pretrain.mode": "joint"},
-        "no_qon": {"finetune.use_q_on": False},
+        "no_qon": {"online_pretrain.critic": "q_off"},
         "kappa_fixed_0": {"finetune.kappa.kind": "constant", "finetune.kappa.init": 0.0,
                           "finetune.kappa.end": 0.0},
         "kappa_fixed_05": {"finetune.kappa.kind": "constant", "finetune.kappa.init": 0.5,
@@ -243,8 +255,9 @@ def test_ablations_combine_and_override_on_cli():
 
 
 def test_offline_checkpoint_override(tmp_path):
-    path = str(tmp_path / "offline.pt")
-    assert _run_config(f"offline.checkpoint={path}").offline.checkpoint == path
+    path = tmp_path / "offline.pt"
+    path.write_bytes(b"")  # validation checks that the file exists; its content is read at run time
+    assert _run_config(f"offline.checkpoint={path}").offline.checkpoint == str(path)
 
 
 # ---------------------------------------------------------------- rejections
@@ -279,9 +292,9 @@ def test_added_keys_are_rejected_by_the_schema(override, key):
 # ---------------------------------------------------------------- resolvers
 def test_run_name_resolver():
     assert recipe._run_name("td3", "opt", "demo", "none", "") == "td3-opt-demo"
-    assert recipe._run_name("spot", "baseline", "paper", ["qon_joint", "replay_online"],
+    assert recipe._run_name("spot", "vanilla", "paper", ["qon_joint", "replay_online"],
                             "online_pretrain.n_tau_6250+dataset.path_d/x.hdf5") == (
-        "spot-baseline-paper-qon_joint+replay_online-online_pretrain.n_tau_6250+dataset.path_d_x.hdf5")
+        "spot-vanilla-paper-qon_joint+replay_online-online_pretrain.n_tau_6250+dataset.path_d_x.hdf5")
 
 
 def test_kappa_resolver_reads_table_15():
@@ -327,12 +340,16 @@ def test_recipe_subprocess_run_writes_summary_and_resumes(tmp_path):
     assert len(run_dir.parent.name) < 255
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["run_dir"] == str(run_dir)
-    assert summary["config"]["finetune"]["use_q_on"] is True
+    assert summary["method"] == "opt"
     assert summary["updates"]["offline"] == 40 and summary["updates"]["pretrain"] == 10
     assert summary["final_normalized_score"] is not None
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert f"final normalised score:   {summary['final_normalized_score']:.1f}" in proc.stdout
     assert not (tmp_path / "outputs").exists()
+    # every finished run writes its own small report and prints where
+    report = run_dir / "report" / "report.md"
+    assert report.is_file() and f"report: {report}" in proc.stdout
+    assert (run_dir / "report" / "score.png").is_file() and "value bias on online states" in proc.stdout
 
     again = _recipe(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -340,24 +357,25 @@ def test_recipe_subprocess_run_writes_summary_and_resumes(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["finished"] == summary["finished"]
 
     # the baseline reuses the finished offline phase instead of training it again
-    reuse = _recipe(tmp_path, "method=baseline", f"offline.checkpoint={run_dir / 'offline.pt'}")
+    reuse = _recipe(tmp_path, "method=vanilla", f"offline.checkpoint={run_dir / 'offline.pt'}")
     assert reuse.returncode == 0, reuse.stderr[-3000:]
     baseline_dir = run_dir.parent.parent / recipe._run_name(
-        "td3", "baseline", "demo", None, overrides) / "seed0"
+        "td3", "vanilla", "demo", None, overrides) / "seed0"
     baseline = json.loads((baseline_dir / "summary.json").read_text())
-    assert baseline["config"]["finetune"]["use_q_on"] is False
+    assert baseline["method"] == "vanilla"
     assert "offline" not in baseline["updates"] and "pretrain" not in baseline["updates"]
     assert baseline["updates"]["finetune"] == 120
 
 
-@pytest.mark.parametrize("system", ["rlpd", "rlpd_offline", "rlpd_opt", "wsrl", "porl"])
-def test_seed_system_methods_compose(system):
-    """``method=<system>`` selects a seed system of torchrl_opt.pipeline.baselines (issue 7)."""
-    cfg = _run_config(f"method={system}", "scale=paper", "env=walker2d", "dataset=random")
-    assert cfg.system == system
-    assert cfg.baseline.sac.num_qvalue_nets == 10 and cfg.baseline.sac.critic_layer_norm
-    assert (cfg.baseline.rlpd.utd, cfg.baseline.wsrl.utd, cfg.baseline.porl.utd) == (20, 4, 16)
-    assert cfg.baseline.wsrl.warmup_steps == 5000
+@pytest.mark.parametrize("method", ["rlpd", "rlpd_offline", "rlpd_opt", "wsrl", "porl"])
+def test_peer_methods_select_the_sac_backbone(method):
+    """``method=<peer>`` selects its plan and the SAC-ensemble backbone, even over an env's."""
+    cfg = _run_config(f"method={method}", "scale=paper", "env=walker2d", "dataset=random")
+    assert cfg.method == method and cfg.backbone.name == "sac"
+    assert cfg.backbone.hidden == [256, 256]
+    assert (cfg.rlpd.utd, cfg.wsrl.utd, cfg.porl.utd) == (20, 4, 16)
+    assert cfg.wsrl.warmup_steps == 5000
+    assert _run_config(f"method={method}", "env=antmaze", "dataset=umaze").backbone.name == "sac"
 
 
 def test_antmaze_presets_shift_rewards():
@@ -379,8 +397,8 @@ def test_seeds_compose_and_name_their_directory():
 
 def test_format_summary_of_a_seed_group():
     summary = {
-        "config": {"dataset": {"task": "hopper", "kind": "random"}, "backbone": {"name": "td3"},
-                   "finetune": {"use_q_on": True}},
+        "method": "opt",
+        "config": {"dataset": {"task": "hopper", "kind": "random"}, "backbone": {"name": "td3"}},
         "seeds": [0, 1], "env_id": "Hopper-v5", "device": "cpu",
         "per_seed": {"0": {"final_normalized_score": 10.0}, "1": {"final_normalized_score": 20.0}},
         "final_normalized_score": 15.0, "final_normalized_score_std": 5.0,
@@ -403,3 +421,4 @@ def test_recipe_subprocess_seed_group(tmp_path):
         seed_summary = json.loads((summary_path.parent / f"seed{seed}" / "summary.json").read_text())
         assert seed_summary["config"]["seed"] == seed
     assert f"final normalised score:   {summary['final_normalized_score']:.1f} +-" in proc.stdout
+    assert (summary_path.parent / "report" / "report.md").is_file()

@@ -30,16 +30,17 @@ from test_pipeline import (  # noqa: F401  (fixtures used by name)
     tiny_cfg,
 )
 
-import torchrl_opt.pipeline.run as runmod
-import torchrl_opt.pipeline.seeds as seedsmod
+import torchrl_opt.pipeline.context as ctxmod
 from torchrl_opt.data.replay import DensityRatioEstimator, make_replay
 from torchrl_opt.data.seed_replay import make_seed_batched_replay
 from torchrl_opt.pipeline.agents import make_agent, seeded_init
 from torchrl_opt.pipeline.checkpoint import CheckpointMismatchError
-from torchrl_opt.pipeline.config import BackboneConfig, ConfigError
-from torchrl_opt.pipeline.logging import NonFiniteMetricError, RunLogger, SeedGroupLogger
-from torchrl_opt.pipeline.phases import DensityRatioUpdater, sample_uniform
-from torchrl_opt.pipeline.run import init_seed
+from torchrl_opt.pipeline.config import AccelerationConfig, ConfigError, RunConfig
+from torchrl_opt.pipeline.context import DensityStep, RunResult, init_seed
+from torchrl_opt.pipeline.logging import GroupLogger, NonFiniteMetricError, RunLogger
+from torchrl_opt.pipeline.phases import sample_uniform
+from torchrl_opt.pipeline.run import run
+from torchrl_opt.pipeline.updates import UpdateEngine, loss_method
 
 SEEDS = [3, 5]
 
@@ -61,15 +62,14 @@ def quiet(cfg):
 
 def _scalars(result, cfg):
     """The CSV directory of one seed of a group run of ``cfg``."""
-    seed = result.summary["config"]["seed"]
-    return result.run_dir / f"{seedsmod._group_experiment_name(cfg)}-seed{seed}" / "scalars"
+    return result.run_dir / "logs" / "scalars"
 
 
 def _state(agent) -> dict[str, torch.Tensor]:
     return {k: v for k, v in agent.state_dict().items() if torch.is_tensor(v)}
 
 
-_GROUPS: dict[str, seedsmod.SeedGroupResult] = {}
+_GROUPS: dict[str, RunResult] = {}
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +77,10 @@ def group_root(tmp_path_factory):
     return tmp_path_factory.mktemp("seed_groups")
 
 
-def reference_group(name: str, root, **kwargs) -> seedsmod.SeedGroupResult:
+def reference_group(name: str, root, **kwargs) -> RunResult:
     """An uninterrupted group run, computed once per module."""
     if name not in _GROUPS:
-        _GROUPS[name] = runmod.run(group_cfg(root / name, **kwargs))
+        _GROUPS[name] = run(group_cfg(root / name, **kwargs))
     return _GROUPS[name]
 
 
@@ -102,7 +102,7 @@ def test_noise_free_group_reproduces_the_single_runs_of_its_seeds(group_root, tm
     for seed, result in zip(SEEDS, group.results):
         cfg = quiet(tiny_cfg(tmp_path / f"single{seed}", "td3"))
         cfg.seed = seed
-        single = runmod.run(cfg)
+        single = run(cfg)
         assert result.history.keys() == single.history.keys()
         for key, series in single.history.items():
             _assert_series_close(result.history[key], series, rel=1e-4)
@@ -112,7 +112,7 @@ def test_noise_free_group_reproduces_the_single_runs_of_its_seeds(group_root, tm
                                        single.agent.policy(probe.clone())["action"],
                                        rtol=0, atol=1e-3)
             out_grouped, out_alone = grouped.qvalue_losses(probe), alone.qvalue_losses(probe)
-        for key in ("pred_value_off", "pred_value_on"):
+        for key in ("pred_value", "pred_value_on"):
             torch.testing.assert_close(out_grouped[key], out_alone[key], rtol=1e-3, atol=1e-4)
 
 
@@ -121,11 +121,11 @@ def test_iql_group_reproduces_offline_and_pretraining_of_single_runs(tmp_path):
     is deterministic per seed: offline and pre-training metrics equal the single runs'."""
     cfg = group_cfg(tmp_path / "group", "iql")
     cfg.finetune.env_steps = 5
-    group = runmod.run(cfg)
+    group = run(cfg)
     for seed, result in zip(SEEDS, group.results):
         single_cfg = tiny_cfg(tmp_path / f"single{seed}", "iql")
         single_cfg.seed, single_cfg.finetune.env_steps = seed, 5
-        single = runmod.run(single_cfg)
+        single = run(single_cfg)
         keys = [k for k in single.history if k.startswith(("offline", "pretrain/"))]
         assert any(k.startswith("pretrain/") for k in keys) and any(k.startswith("offline/") for k in keys)
         for key in keys:
@@ -146,11 +146,12 @@ def test_group_writes_each_seed_like_a_single_run_and_aggregates(group_root):
         assert result.run_dir == seed_dir
         seed_summary = json.loads((seed_dir / "summary.json").read_text())
         assert seed_summary["config"]["seed"] == seed
-        assert seed_summary["seed_group"] == {"seeds": SEEDS, "run_dir": str(root)}
+        assert seed_summary["group"] == {"seeds": SEEDS, "run_dir": str(root)}
+        assert seed_summary["kind"] == "run" and summary["kind"] == "group"
         assert seed_summary["final_normalized_score"] == result.history["eval/normalized_score"][-1][1]
         assert (seed_dir / "offline.pt").is_file()
         scalars = _scalars(result, group_cfg(root))
-        for key in ("eval/normalized_score", "offline_eval/return", "finetune/loss_qvalue_on"):
+        for key in ("eval/normalized_score", "offline_eval/return", "finetune/loss_qvalue_on", "finetune/online_share"):
             _assert_series_close(_read_csv(scalars / f"{key}.csv"), result.history[key], rel=1e-12)
         assert summary["per_seed"][str(seed)]["final_normalized_score"] == seed_summary["final_normalized_score"]
         finals.append(seed_summary["final_normalized_score"])
@@ -162,15 +163,15 @@ def test_group_writes_each_seed_like_a_single_run_and_aggregates(group_root):
     assert summary["seeds"] == SEEDS
     assert summary["updates"]["finetune"] == ENV_STEPS * 2
     # the seeds really are different runs (different initialisation, data and environments)
-    a, b = (r.history["offline/loss_qvalue_off"] for r in group.results)
+    a, b = (r.history["offline/loss_qvalue"] for r in group.results)
     assert a != b
 
 
 def test_finished_group_is_not_rerun(group_root, monkeypatch):
     group = reference_group("td3", group_root)
     before = _tree_digest(group.run_dir)
-    monkeypatch.setattr(runmod, "train_offline", lambda *a, **k: pytest.fail("retrained"))
-    again = runmod.run(group_cfg(group.run_dir))
+    monkeypatch.setattr(ctxmod, "train_steps", lambda *a, **k: pytest.fail("retrained"))
+    again = run(group_cfg(group.run_dir))
     assert again.summary == json.loads(json.dumps(group.summary, default=str))
     for a, b in zip(again.results, group.results):
         _assert_states_equal(_state(a.agent), _state(b.agent))
@@ -183,20 +184,28 @@ def test_offline_checkpoint_template_loads_each_seeds_own(group_root, tmp_path, 
     cfg = group_cfg(tmp_path / "reuse")
     cfg.offline.checkpoint = str(group.run_dir / "seed{seed}" / "offline.pt")
     loaded = []
-    original = runmod.RunContext._load_offline_checkpoint
+    original = ctxmod.load_checkpoint
 
-    def load(self, path):
-        loaded.append(path)
-        return original(self, path)
+    def load(path, *args, **kwargs):
+        loaded.append(str(path))
+        return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(runmod.RunContext, "_load_offline_checkpoint", load)
-    monkeypatch.setattr(runmod, "train_offline", lambda *a, **k: pytest.fail("retrained"))
-    out = runmod.run(cfg)
-    assert loaded == [str(group.run_dir / f"seed{s}" / "offline.pt") for s in SEEDS]
+    monkeypatch.setattr(ctxmod, "load_checkpoint", load)
+    original_steps = ctxmod.train_steps
+
+    def no_offline_training(*args, name, **kwargs):
+        assert name not in ("offline", "vae"), "the offline phase was retrained"
+        return original_steps(*args, name=name, **kwargs)
+
+    monkeypatch.setattr(ctxmod, "train_steps", no_offline_training)
+    out = run(cfg)
+    assert [p for p in loaded if p.endswith("offline.pt")] == [
+        str(group.run_dir / f"seed{s}" / "offline.pt") for s in SEEDS
+    ]
     assert not any(k.startswith("offline") for k in out.results[0].history)
     cfg.offline.checkpoint = str(tmp_path / "nowhere" / "seed{seed}" / "offline.pt")
     with pytest.raises(ConfigError, match="seed3"):
-        runmod.run(cfg)
+        run(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +218,7 @@ class _Kill(Exception):
 def run_until_killed(cfg, monkeypatch, at=None, check=lambda extra: None) -> None:
     """``run(cfg)`` killed right after the group checkpoint ``at = (phase, step)`` (the first one
     when ``None``); ``check`` sees that checkpoint's extra entries."""
-    original = seedsmod.SeedGroup.save
+    original = ctxmod.Run.save
 
     def save(self, phase, step, updates, **extra):
         original(self, phase, step, updates, **extra)
@@ -218,14 +227,14 @@ def run_until_killed(cfg, monkeypatch, at=None, check=lambda extra: None) -> Non
             raise _Kill(phase, step)
 
     with monkeypatch.context() as mp:
-        mp.setattr(seedsmod.SeedGroup, "save", save)
+        mp.setattr(ctxmod.Run, "save", save)
         with pytest.raises(_Kill):
-            runmod.run(cfg)
+            run(cfg)
 
 
 @pytest.mark.parametrize(
     "backbone,phase,step",
-    [("td3", "offline", CHECKPOINT_EVERY), ("td3", "pretrain", 0),
+    [("td3", "offline", CHECKPOINT_EVERY), ("td3", "collect", CHECKPOINT_EVERY),
      ("td3", "pretrain", CHECKPOINT_EVERY), ("td3", "finetune", 2 * CHECKPOINT_EVERY),
      ("spot", "vae", CHECKPOINT_EVERY), ("spot", "finetune", CHECKPOINT_EVERY)],
 )
@@ -235,12 +244,12 @@ def test_killed_group_resumes_exactly(backbone, phase, step, group_root, tmp_pat
     reference = reference_group(backbone, group_root, backbone=backbone)
     cfg = group_cfg(tmp_path / "run", backbone)
     run_until_killed(cfg, monkeypatch, at=(phase, step))
-    resumed = runmod.run(cfg)
+    resumed = run(cfg)
     for a, b in zip(resumed.results, reference.results):
         assert a.history == b.history
         _assert_states_equal(_state(a.agent), _state(b.agent))
-        rows = _read_csv(_scalars(a, cfg) / "offline" / "loss_qvalue_off.csv")
-        assert [s for s, _ in rows] == [s for s, _ in b.history["offline/loss_qvalue_off"]]
+        rows = _read_csv(_scalars(a, cfg) / "offline" / "loss_qvalue.csv")
+        assert [s for s, _ in rows] == [s for s, _ in b.history["offline/loss_qvalue"]]
 
 
 def test_resuming_with_other_seeds_is_refused(group_root, tmp_path, monkeypatch):
@@ -249,7 +258,7 @@ def test_resuming_with_other_seeds_is_refused(group_root, tmp_path, monkeypatch)
     before = _tree_digest(tmp_path / "run")
     cfg.seeds = [3, 6]
     with pytest.raises(CheckpointMismatchError, match="seeds"):
-        runmod.run(cfg)
+        run(cfg)
     assert _tree_digest(tmp_path / "run") == before
 
 
@@ -262,7 +271,6 @@ def test_resuming_with_other_seeds_is_refused(group_root, tmp_path, monkeypatch)
         ({"seeds": []}, "lists no seed"),
         ({"seeds": [1, 1]}, "twice"),
         ({"seeds": [0, -2]}, ">= 0"),
-        ({"system": "rlpd"}, "system='rlpd'"),
     ],
 )
 def test_bad_seed_configurations_are_named(change, message, tmp_path):
@@ -270,7 +278,7 @@ def test_bad_seed_configurations_are_named(change, message, tmp_path):
     for key, value in change.items():
         setattr(cfg, key, value)
     with pytest.raises(ConfigError, match=message):
-        runmod.run(cfg)
+        run(cfg)
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
 
 
@@ -294,7 +302,7 @@ def test_sample_uniform_with_one_generator_per_seed_draws_each_seeds_own_rows():
 
 def test_seed_group_logger_fans_out_per_seed(tmp_path):
     loggers = [RunLogger("csv", tmp_path / f"s{i}", f"s{i}", progress=False) for i in range(3)]
-    group = SeedGroupLogger(loggers, [10, 11, 12], progress=False)
+    group = GroupLogger(loggers, [10, 11, 12], progress=False)
     means = group.log(
         TensorDict(loss=torch.tensor([1.0, 2.0, 6.0]), grid=torch.arange(6.0).reshape(3, 2),
                    kappa=torch.tensor(0.25)),
@@ -310,7 +318,7 @@ def test_seed_group_logger_fans_out_per_seed(tmp_path):
     with pytest.raises(ValueError, match="leading seed dimension"):
         group.log({"loss": torch.ones(4)}, step=6)
     with pytest.raises(ValueError, match="one logger per seed"):
-        SeedGroupLogger(loggers, [1, 2])
+        GroupLogger(loggers, [1, 2])
 
 
 def test_init_seed_is_deterministic_and_independent_of_the_global_rng():
@@ -321,16 +329,16 @@ def test_init_seed_is_deterministic_and_independent_of_the_global_rng():
 
     def q_on_after(draws: int):
         torch.manual_seed(0)
-        agent = make_agent(BackboneConfig(hidden=[8]), 3, _spec(), "cpu")
+        agent = make_agent(_cfg(hidden=[8]), 3, _spec(), "cpu")
         torch.rand(draws)  # "earlier phases" drawing more or fewer random numbers
-        agent.build_finetune_loss(use_q_on=True, kappa=0.5, init_seed=init_seed(0, "online_critics"))
+        agent.start_online(q_on=True, kappa=0.5, init_seed=init_seed(0, "online_critics"))
         after = torch.rand(2)
         return agent.finetune_loss.qvalue_on_network_params.clone(), after
 
     (q1, next1), (q2, next2) = q_on_after(1), q_on_after(100)
     assert (q1 == q2).all()
     torch.manual_seed(0)
-    make_agent(BackboneConfig(hidden=[8]), 3, _spec(), "cpu")
+    make_agent(_cfg(hidden=[8]), 3, _spec(), "cpu")
     torch.rand(1)
     assert torch.equal(next1, torch.rand(2))  # the global stream continued untouched
     assert not torch.equal(next1, next2)
@@ -344,26 +352,38 @@ def _spec():
     return action_spec(dim=2)
 
 
-def test_seed_batched_density_step_equals_per_seed_updaters():
-    """The vmapped functional density-ratio step on a seed-batched replay gives each seed the
-    losses, priorities and estimator weights of its own DensityRatioUpdater on its own replay."""
+def _cfg(**backbone) -> RunConfig:
+    """A configuration whose backbone has the given entries (what ``make_agent`` reads)."""
+    cfg = RunConfig()
+    for key, value in backbone.items():
+        setattr(cfg.backbone, key, value)
+    return cfg
+
+
+def test_seed_batched_density_step_equals_per_seed_steps():
+    """The density-ratio step of a 3-seed run (one vmapped functional step on a seed-batched
+    replay) gives each seed the losses, priorities and estimator weights of its own one-seed step
+    (torch.optim engine) on its own replay."""
     obs, act, seeds = 4, 2, [1, 2, 3]
     offline = transition_batch(40, obs, act, generator=torch.Generator().manual_seed(0))
     online = torch.stack(
         [transition_batch(12, obs, act, generator=torch.Generator().manual_seed(10 + s)) for s in seeds]
     )
     estimators, singles, replays = [], [], []
+    single_engine = UpdateEngine(1, torch.device("cpu"), AccelerationConfig())
     for i, seed in enumerate(seeds):
         torch.manual_seed(seed)
         estimator = DensityRatioEstimator(obs, act, (16,))
         twin = DensityRatioEstimator(obs, act, (16,))
         twin.load_state_dict(estimator.state_dict())
         estimators.append(estimator)
-        singles.append(DensityRatioUpdater(twin, torch.optim.Adam(twin.parameters(), lr=1e-2), 8))
+        singles.append(DensityStep([twin], 1e-2, 8, single_engine))
         replay = make_replay("balanced", offline, 12, 8, seed=seed)
         replay.extend(online[i])
         replays.append(replay)
-    batched = seedsmod.SeedBatchedDensityUpdater(estimators, 1e-2, 8, torch.device("cpu"))
+    assert single_engine.kind == "module"
+    engine = UpdateEngine(3, torch.device("cpu"), AccelerationConfig())
+    batched = DensityStep(estimators, 1e-2, 8, engine)
     seed_replay = make_seed_batched_replay("balanced", offline, 3, 12, 8, seeds=seeds)
     seed_replay.extend(online)
     for _ in range(3):
@@ -375,26 +395,28 @@ def test_seed_batched_density_step_equals_per_seed_updaters():
             torch.testing.assert_close(losses[i], singles[i](replays[i], single_sample), rtol=1e-6, atol=1e-7)
             torch.testing.assert_close(seed_replay.trees[i], replays[i]._sampler.tree, rtol=1e-6, atol=1e-9)
     for estimator, single in zip(estimators, singles):
-        for a, b in zip(estimator.parameters(), single.estimator.parameters()):
+        for a, b in zip(estimator.parameters(), single.losses[0].density_network.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    state = batched.state_dict()
+    with pytest.raises(Exception, match="3 density-ratio estimators"):
+        singles[0].load_state_dict(state)
 
 
 def test_seed_batched_spot_actor_step_reads_each_seeds_own_vae():
     """SPOT's actor penalty holds a VAE per seed, outside the loss's parameter groups: the
     seed-batched actor step must evaluate seed i's penalty with seed i's VAE (same noise for all
     seeds here, so each seed equals its own single step)."""
-    from torchrl_opt.pipeline.agents import _method
     from torchrl_opt.pipeline.functional import SeedBatchedStep, SeedStack, make_functional_step
 
     def agent(seed):
         torch.manual_seed(seed)
-        a = make_agent(BackboneConfig(name="spot", hidden=[16], vae_hidden=[16]), 4, _spec(), "cpu")
-        a.build_finetune_loss(use_q_on=True, kappa=0.5, init_seed=seed)
+        a = make_agent(_cfg(name="spot", hidden=[16], vae_hidden=[16]), 4, _spec(), "cpu")
+        a.start_online(q_on=True, kappa=0.5, init_seed=seed)
         return a
 
     def actor_step(loss):
         return make_functional_step(loss, ("actor_network_params",),
-                                    _method(loss.actor_loss, "loss_actor"), ("loss_actor",), 1e-2)
+                                    loss_method(loss.actor_loss, "loss_actor"), ("loss_actor",), 1e-2)
 
     seeds = [0, 1, 2]
     singles = [agent(s) for s in seeds]
@@ -430,8 +452,7 @@ def _hopper_agents(seeds, backbone="td3"):
     out = []
     for seed in seeds:
         torch.manual_seed(seed)
-        out.append(make_agent(BackboneConfig(name=backbone, hidden=[16, 16], exploration_noise=0.0),
-                              11, spec, "cpu"))
+        out.append(make_agent(_cfg(name=backbone, hidden=[16, 16], exploration_noise=0.0), 11, spec, "cpu"))
     return out
 
 
@@ -439,8 +460,8 @@ def _hopper_agents(seeds, backbone="td3"):
 def test_batched_policy_acts_like_each_seeds_actor_and_leaves_the_modules_intact(backbone):
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+    from torchrl_opt.pipeline.acting import SeedBatchedPolicy
     from torchrl_opt.pipeline.functional import SeedStack
-    from torchrl_opt.pipeline.seed_envs import SeedBatchedPolicy
 
     agents = _hopper_agents([0, 1, 2], backbone)
     stack = SeedStack.of([a.offline_loss for a in agents])
@@ -472,18 +493,14 @@ def test_lockstep_collection_and_evaluation_equal_each_seeds_own():
     from torchrl_opt.direct_env import DirectCollector
     from torchrl_opt.env_state import make_resumable_env
     from torchrl_opt.envs import evaluate_policy
+    from torchrl_opt.pipeline.acting import LockstepEnvs, Policies, SeedLockstepCollector, rollout_episodes
     from torchrl_opt.pipeline.functional import SeedStack
-    from torchrl_opt.pipeline.seed_envs import (
-        LockstepEnvs,
-        SeedBatchedPolicy,
-        SeedLockstepCollector,
-        lockstep_returns,
-    )
 
     seeds = [0, 1, 2]
     agents = _hopper_agents(seeds)
     stack = SeedStack.of([a.offline_loss for a in agents])
-    policy = SeedBatchedPolicy(agents[0].actor, lambda: stack.groups["actor_network_params"])
+    policies = Policies(agents, lambda: stack.groups["actor_network_params"])
+    policy, _ = policies.get("deterministic")
     for threads in (0, 2):
         envs = LockstepEnvs([make_resumable_env("Hopper-v5", seed=10 + s) for s in seeds],
                             threads=threads)
@@ -501,14 +518,19 @@ def test_lockstep_collection_and_evaluation_equal_each_seeds_own():
             for key in reference.keys(True, True):
                 torch.testing.assert_close(batch[i].get(key), reference.get(key), rtol=1e-4, atol=1e-4,
                                            msg=str(key))
-        envs = LockstepEnvs([make_resumable_env("Hopper-v5", seed=20 + s) for s in seeds],
-                            threads=threads)
-        returns = lockstep_returns(policy, envs, 3, max_steps=40)
-        envs.close()
+        envs = [make_resumable_env("Hopper-v5", seed=20 + s) for s in seeds]
+        episodes = rollout_episodes(envs, policies, 3, max_steps=40, threads=threads)
         for i, seed in enumerate(seeds):
             alone = evaluate_policy(agents[i].policy, make_resumable_env("Hopper-v5", seed=20 + seed),
                                     3, max_steps=40)
-            torch.testing.assert_close(returns[i], alone, rtol=1e-4, atol=1e-4)
+            returns = torch.tensor([e.ret for e in episodes[i]], dtype=torch.float64)
+            torch.testing.assert_close(returns, alone, rtol=1e-4, atol=1e-4)
+            assert all(len(e.rewards) == len(e.observations) <= 40 for e in episodes[i])
+    # one seed acts with its own module on []-batched observations: exactly evaluate_policy
+    (episodes,) = rollout_episodes([make_resumable_env("Hopper-v5", seed=5)], Policies(agents[:1]), 2,
+                                   max_steps=40)
+    alone = evaluate_policy(agents[0].policy, make_resumable_env("Hopper-v5", seed=5), 2, max_steps=40)
+    assert torch.equal(torch.tensor([e.ret for e in episodes], dtype=torch.float64), alone)
 
 
 def test_prefetching_group_resumes_exactly(tmp_path, monkeypatch):
@@ -519,12 +541,12 @@ def test_prefetching_group_resumes_exactly(tmp_path, monkeypatch):
         cfg.finetune.prefetch_action = True
         return cfg
 
-    reference = runmod.run(cfg_at(tmp_path / "reference"))
+    reference = run(cfg_at(tmp_path / "reference"))
     cfg = cfg_at(tmp_path / "run")
     seen = []
     run_until_killed(cfg, monkeypatch, at=("finetune", CHECKPOINT_EVERY),
                      check=lambda extra: seen.append(extra["pending_action"].shape))
     assert seen == [(len(SEEDS), 3)]
-    resumed = runmod.run(cfg)
+    resumed = run(cfg)
     for a, b in zip(resumed.results, reference.results):
         assert a.history == b.history

@@ -26,7 +26,7 @@ from torchrl_opt.pipeline.config import (
     OnlinePretrainConfig,
     RunConfig,
 )
-from torchrl_opt.pipeline.updates import AccelerationConfig
+from torchrl_opt.pipeline.config import AccelerationConfig
 from torchrl_opt.trainers import OPTTrainer, TrainerConfigError, make_update_specs
 from torchrl_opt.trainers.configs import OPTTrainerConfig
 
@@ -67,7 +67,7 @@ def tiny_config(run_dir: Path, checkpoint: str | None = None, seed: int = 0) -> 
             kappa=KappaConfig(kind="linear", init=KAPPA_INIT, end=KAPPA_END, t_decay=T_DECAY),
         ),
         eval=EvalConfig(every=12, episodes=1, max_steps=25),
-        logging=LoggingConfig(backend="none", progress=False, log_every=8),
+        logging=LoggingConfig(backend="none", progress=False, log_every=8, report=False),
         checkpoint=CheckpointConfig(every=0),
         run_dir=str(run_dir),
     )
@@ -102,9 +102,11 @@ def test_phases_pretrain_touches_only_q_on_then_finetune(workdir, offline_checkp
     assert online and frozen
     assert all(torch.equal(before[k], after[k]) for k in frozen), "pre-training moved a frozen entry"
     assert any(not torch.equal(before[k], after[k]) for k in online if k.startswith("qvalue_on"))
-    assert trainer.replay_buffer.num_online == N_TAU
-    assert trainer.online_pretrain.done
+    assert trainer.run.online_data.shape == (N_TAU,)
+    assert trainer.pretrained
 
+    trainer.start_finetuning()  # the run object's fine-tuning pieces: B_on in the replay
+    assert trainer.replay_buffer.num_online == N_TAU
     priorities0 = trainer.replay_buffer._sampler.priorities.clone()
     trainer.train()  # pre-training is not repeated
     assert trainer.collected_frames == ENV_STEPS
@@ -191,7 +193,7 @@ def test_hydra_config_instantiates_runs_and_checkpoints(workdir, offline_checkpo
         assert torch.equal(v, fresh.loss_module.state_dict()[k]), k
     assert fresh.kappa.step_count == 10 and float(fresh.loss_module.kappa) == pytest.approx(0.6, abs=1e-6)
     assert fresh.update_count == 10 and fresh.collected_frames == 10
-    assert fresh.online_pretrain.done
+    assert fresh.pretrained
     assert len(fresh.replay_buffer) == len(trainer.replay_buffer)
     assert torch.equal(fresh.replay_buffer._sampler.priorities, trainer.replay_buffer._sampler.priorities)
     for a, b in zip(trainer.optimization_stepper.updates, fresh.optimization_stepper.updates):
@@ -228,7 +230,7 @@ def test_make_update_specs_follow_the_agent_and_acceleration():
     q_on, q_off, actor = (flat(loss.qvalue_on_network_params), flat(loss.qvalue_off_network_params),
                           flat(loss.actor_network_params))
     out = specs[0].step(batch)
-    assert {"loss_qvalue_on", "loss_qvalue_off"} <= set(out.keys())
+    assert {"loss_qvalue_on", "loss_qvalue"} <= set(out.keys())
     assert not torch.equal(q_on, flat(loss.qvalue_on_network_params))
     assert not torch.equal(q_off, flat(loss.qvalue_off_network_params))
     assert torch.equal(actor, flat(loss.actor_network_params))

@@ -1,293 +1,72 @@
-"""Agents: the networks, losses and update steps of one backbone across OPT's three phases.
+"""Agents: the networks and losses of one backbone, and what each kind of update step trains.
 
-An agent owns no loop. It gives each phase its loss modules and a list of :class:`UpdateSpec`
-(``name``, step function, run every ``k`` updates); the phase loops in :mod:`.phases` call them.
+An agent owns no loop and no engine: it holds its networks and losses and describes every update
+step declaratively (:class:`~torchrl_opt.pipeline.updates.UpdateDef`); the run object builds the
+steps for its seeds with :class:`~torchrl_opt.pipeline.updates.UpdateEngine`.
 
-============  ======================================  ============================================
-backbone      offline pre-training                    online fine-tuning
-============  ======================================  ============================================
-``td3``       TD3+BC (``OPTLoss`` with ``bc_alpha``)   TD3 with Q_off and Q_on (``OPTLoss``, Eq. 4)
-``spot``      VAE, then SPOT (Q-normalised, penalty)  SPOT with Q_off and Q_on, cooled penalty
-``iql``       IQL (``OPTIQLLoss`` without Q_on/V_on)   IQL with both pairs (Eq. 9)
-============  ======================================  ============================================
+========  ===============================================  ==========================================
+backbone  offline updates                                  online loss (:meth:`Agent.start_online`)
+========  ===============================================  ==========================================
+``td3``   TD3+BC (``OPTLoss`` with ``bc_alpha``)           ``OPTLoss``: TD3 on Q_off (+ Q_on, Eq. 4)
+``spot``  VAE, then SPOT (Q-normalised, density penalty)   SPOT on Q_off (+ Q_on), cooled penalty
+``iql``   IQL (``OPTIQLLoss`` without Q_on / V_on)         IQL (+ Q_on, V_on: Eq. 9)
+``sac``   SAC with a critic ensemble (RLPD style), or BC   SAC ensemble (+ a Q_on ensemble: RLPD+OPT;
+          of the actor (PORL)                              fresh critics: PORL)
+========  ===============================================  ==========================================
 
-With ``use_q_on=False`` the fine-tuning loss has no online critic: the vanilla fine-tuning baseline.
+Update kinds (:meth:`Agent.update_defs`): ``vae``, ``offline``, ``bc``, ``pretrain`` (online
+pre-training of the online critics, :class:`~torchrl_opt.objectives.meta.MetaAdaptationLoss`),
+``finetune`` and ``critic`` (the fine-tuning critic step alone: PORL's pre-sampling).
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import torch
-from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModule, TensorDictSequential
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.data import Bounded
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import AdditiveGaussianModule
-from torchrl.objectives import SoftUpdate
 from torchrl.objectives.common import LossModule
 
-from torchrl_opt.models import (
-    make_gaussian_actor,
-    make_qvalue_ensemble,
-    make_td3_actor,
-    make_value,
-)
+from torchrl_opt.models import make_gaussian_actor, make_qvalue_ensemble, make_td3_actor, make_value
+from torchrl_opt.objectives.bc import BCLoss
+from torchrl_opt.objectives.handover import load_offline
 from torchrl_opt.objectives.iql_opt import OPTIQLLoss
-from torchrl_opt.objectives.meta import MetaAdaptationLoss
+from torchrl_opt.objectives.meta import MetaAdaptationLoss, OfflineCriticPretraining
+from torchrl_opt.objectives.sac_ensemble import EnsembleSACLoss
 from torchrl_opt.objectives.spot import SPOTVAE, SPOTDensityPenalty, SPOTVAELoss
 from torchrl_opt.objectives.td3_opt import OPTLoss
-from torchrl_opt.pipeline.checkpoint import CheckpointError
-from torchrl_opt.pipeline.config import BackboneConfig, OnlinePretrainConfig
-from torchrl_opt.pipeline.functional import (
-    FunctionalAdam,
-    FunctionalStepError,
-    SeedBatchedStep,
-    SeedStack,
-    make_functional_step,
-    target_update_pairs,
-)
-from torchrl_opt.pipeline.updates import (
-    AccelerationConfig,
-    StepFn,
-    accelerate,
-    as_tensordict,
-    make_optimizer,
-    make_step,
-)
+from torchrl_opt.pipeline.config import BackboneConfig, RunConfig
+from torchrl_opt.pipeline.updates import UpdateDef, loss_method
 
-__all__ = ["BACKBONES", "Agent", "UpdateSpec", "make_agent", "seeded_init"]
+__all__ = [
+    "Agent", "SACAgent", "TD3Agent", "make_agent", "sac_update_defs", "seeded_init", "td3_update_defs",
+]
 
-BACKBONES = ("td3", "spot", "iql")
-
-
-@dataclass
-class UpdateSpec:
-    """A named update step run every ``every`` updates (TD3's delayed actor: ``every=2``).
-
-    ``optimizer`` is the one the step uses (kept here for checkpoints).
-    """
-
-    name: str
-    step: StepFn
-    optimizer: torch.optim.Optimizer | FunctionalAdam
-    every: int = 1
-
-
-class Agent(nn.Module):
-    """Networks and losses of one backbone. Build with :func:`make_agent`.
-
-    Attributes:
-        policy: the deterministic actor used for evaluation and for online pre-training's collection.
-        offline_loss: the loss of offline pre-training.
-        finetune_loss: the loss of fine-tuning (built by :meth:`build_finetune_loss`).
-    """
-
-    def __init__(
-        self,
-        backbone: BackboneConfig,
-        obs_dim: int,
-        action_spec: Bounded,
-        device: torch.device,
-        acceleration: AccelerationConfig | None = None,
-    ) -> None:
-        super().__init__()
-        if backbone.name not in BACKBONES:
-            raise ValueError(f"Unknown backbone {backbone.name!r}; choose one of {BACKBONES}")
-        self.cfg = backbone
-        self.obs_dim = obs_dim
-        self.action_spec = action_spec.to(device)
-        self.action_dim = action_spec.shape[-1]
-        self.device = torch.device(device)
-        self.acceleration = acceleration or AccelerationConfig()
-        hidden = tuple(backbone.hidden)
-        layer_norm = backbone.layer_norm
-        if backbone.name == "iql":
-            self.actor = make_gaussian_actor(obs_dim, self.action_spec, hidden, layer_norm=layer_norm)
-            self.value_off = make_value(obs_dim, hidden, layer_norm=layer_norm)
-        else:
-            self.actor = make_td3_actor(obs_dim, self.action_spec, hidden, layer_norm=layer_norm)
-        self.qvalue_off = nn.ModuleList(
-            make_qvalue_ensemble(obs_dim, self.action_dim, 2, hidden, layer_norm=layer_norm)
-        )
-        self.vae: SPOTVAE | None = None
-        if backbone.name == "spot":
-            self.vae = SPOTVAE(
-                obs_dim,
-                self.action_dim,
-                self.action_spec.space.low,
-                self.action_spec.space.high,
-                tuple(backbone.vae_hidden),
-            )
-        self.to(self.device)
-        self.offline_loss = self._make_loss(online=False)
-        self.finetune_loss: LossModule | None = None
-
-    # ------------------------------------------------------------------ policies
-    @property
-    def policy(self) -> TensorDictModule:
-        return self.actor
-
-    def exploration_noise(self) -> AdditiveGaussianModule | None:
-        """TD3/SPOT's exploration noise module, N(0, (sigma * half-range)^2) added to the action and
-        kept in bounds; ``None`` for IQL (its policy samples its Gaussian)."""
-        if self.cfg.name == "iql":
-            return None
-        half_range = (self.action_spec.space.high - self.action_spec.space.low) / 2
-        noise = AdditiveGaussianModule(
-            spec=self.action_spec,
-            sigma_init=self.cfg.exploration_noise,
-            sigma_end=self.cfg.exploration_noise,
-            annealing_num_steps=1,
-            std=1.0,
-            safe=True,
-            device=self.device,
-        )
-        noise.std = half_range.to(self.device)
-        return noise
-
-    def exploration_policy(self) -> TensorDictModule:
-        """The fine-tuning collection policy: TD3/SPOT add :meth:`exploration_noise`, IQL samples
-        its Gaussian."""
-        noise = self.exploration_noise()
-        return self.actor if noise is None else TensorDictSequential(self.actor, noise)
-
-    # ------------------------------------------------------------------ losses
-    def _make_loss(self, *, online: bool, use_q_on: bool = False, kappa: float = 0.0) -> LossModule:
-        cfg = self.cfg
-        hidden = tuple(cfg.hidden)
-        q_on = v_on = None
-        if use_q_on:
-            q_on = make_qvalue_ensemble(
-                self.obs_dim, self.action_dim, 2, hidden, layer_norm=cfg.layer_norm
-            )
-            q_on = [q.to(self.device) for q in q_on]
-        q_off = [copy.deepcopy(q) for q in self.qvalue_off]
-        if cfg.name == "iql":
-            if use_q_on:
-                v_on = make_value(self.obs_dim, hidden, layer_norm=cfg.layer_norm).to(self.device)
-            loss: LossModule = OPTIQLLoss(
-                self.actor,
-                q_off,
-                copy.deepcopy(self.value_off),
-                q_on,
-                v_on,
-                kappa=kappa,
-                expectile=cfg.expectile,
-                temperature=cfg.temperature,
-            )
-        else:
-            penalty = None
-            if cfg.name == "spot":
-                penalty = SPOTDensityPenalty(
-                    self.vae,
-                    cfg.spot_lambda,
-                    lambda_end=cfg.spot_lambda_end,
-                    cooling=online,
-                    cooling_steps=cfg.spot_cooling_steps,
-                    beta=cfg.vae_beta,
-                    # offline, the VAE is trained before the actor-critic: keep it trainable (the
-                    # penalty then reads it through detached parameters)
-                    freeze=online,
-                )
-            bc_alpha = cfg.online_bc_alpha if online else cfg.bc_alpha
-            loss = OPTLoss(
-                self.actor,
-                q_off,
-                q_on,
-                action_spec=self.action_spec,
-                kappa=kappa,
-                policy_noise=cfg.policy_noise,
-                noise_clip=cfg.noise_clip,
-                bc_alpha=None if cfg.name == "spot" else bc_alpha,
-                normalize_q=cfg.name == "spot",
-                actor_penalty=penalty,
-            )
-        loss.make_value_estimator(gamma=cfg.gamma)
-        return loss.to(self.device)
-
-    def build_finetune_loss(
-        self, *, use_q_on: bool, kappa: float, init_seed: int | None = None
-    ) -> LossModule:
-        """The fine-tuning loss, initialised from the offline loss's actor, ``Q_off`` (and ``V_off``)
-        and their targets; ``Q_on`` (and ``V_on``) start from a fresh random initialisation.
-
-        With ``init_seed`` that initialisation is drawn from torch's CPU RNG forked and seeded with
-        it (:func:`seeded_init`), so it does not depend on how many random numbers earlier phases
-        drew, and the global RNG stream continues as if nothing had been drawn.
-        """
-        with seeded_init(init_seed):
-            loss = self._make_loss(online=True, use_q_on=use_q_on, kappa=kappa)
-        load_offline_state(loss, self.offline_loss.state_dict())
-        self.finetune_loss = loss
-        return loss
-
-    # ------------------------------------------------------------------ update steps
-    def make_vae_loss(self) -> SPOTVAELoss:
-        """SPOT's VAE loss (``recon + beta * KL``) over this agent's VAE."""
-        if self.vae is None:
-            raise RuntimeError("Only the spot backbone has a VAE")
-        return SPOTVAELoss(self.vae, beta=self.cfg.vae_beta).to(self.device)
-
-    def vae_update(self, seed_stack: SeedStack | None = None) -> UpdateSpec:
-        """SPOT's VAE step (``recon + beta * KL``, Adam ``vae_lr``); with ``seed_stack`` (of the
-        seeds' :meth:`make_vae_loss`, this agent's first) every seed's VAE in one step."""
-        loss = seed_stack.template if seed_stack is not None else self.make_vae_loss()
-        return make_update_spec(
-            "vae", loss, ("loss_vae",), list(self.vae.parameters()), self.cfg.vae_lr,
-            device=self.device, acceleration=self.acceleration, loss_module=loss,
-            param_names=("vae_network_params",), seed_stack=seed_stack,
-        )
-
-    def offline_updates(self, seed_stack: SeedStack | None = None) -> list[UpdateSpec]:
-        """The offline phase's steps; with ``seed_stack`` (of the seeds' ``offline_loss``, this
-        agent's first) they train every seed of the stack at once."""
-        return make_update_specs(
-            self.offline_loss, self.cfg, self.device, self.acceleration, seed_stack=seed_stack
-        )
-
-    def finetune_updates(self, seed_stack: SeedStack | None = None) -> list[UpdateSpec]:
-        """The fine-tuning steps; ``seed_stack`` as in :meth:`offline_updates`."""
-        if self.finetune_loss is None:
-            raise RuntimeError("Call build_finetune_loss before finetune_updates")
-        return make_update_specs(
-            self.finetune_loss, self.cfg, self.device, self.acceleration, seed_stack=seed_stack
-        )
-
-    def pretrain_update(
-        self, cfg: OnlinePretrainConfig, seed_stack: SeedStack | None = None
-    ) -> UpdateSpec:
-        """The online pre-training step on ``{"offline": batch, "online": batch}``: only the online
-        critics move; their targets follow by Polyak averaging (the actor and Q_off are frozen).
-        ``seed_stack`` as in :meth:`offline_updates` (of the seeds' ``finetune_loss``)."""
-        if self.finetune_loss is None:
-            raise RuntimeError("Call build_finetune_loss(use_q_on=True, ...) first")
-        loss = self.finetune_loss
-        meta = MetaAdaptationLoss(
-            loss,
-            mode=cfg.mode,
-            order=cfg.order,
-            alpha=cfg.alpha,
-            loss_ratio_weighting=cfg.loss_ratio_weighting,
-        )
-        return make_update_spec(
-            "pretrain", meta, ("loss_pretrain",), meta.online_parameters(), cfg.lr,
-            device=self.device, acceleration=self.acceleration,
-            target_updater=OnlineTargetUpdate(loss, self.cfg.tau),
-            loss_module=loss, param_names=loss.online_param_names, seed_stack=seed_stack,
-        )
+#: per-backbone defaults of the ``BackboneConfig`` entries left ``None``.
+BACKBONE_DEFAULTS = {
+    "td3": {"actor_layer_norm": False, "critic_layer_norm": False, "num_qvalue_nets": 2},
+    "spot": {"actor_layer_norm": False, "critic_layer_norm": False, "num_qvalue_nets": 2},
+    "iql": {"actor_layer_norm": False, "critic_layer_norm": False, "num_qvalue_nets": 2},
+    "sac": {"actor_layer_norm": False, "critic_layer_norm": True, "num_qvalue_nets": 10},
+}
+UPDATE_KINDS = ("vae", "offline", "bc", "pretrain", "finetune", "critic")
 
 
 @contextlib.contextmanager
 def seeded_init(seed: int | None) -> Iterator[None]:
     """Run the block on torch's CPU RNG forked and seeded with ``seed`` (a no-op for ``None``).
 
-    Network initialisation happens on the CPU (modules are moved to the device afterwards), so this
-    fixes an initialisation independently of the global RNG's position, which the pipeline and the
-    seed-batched pipeline reach differently; the global stream is restored on exit.
+    Networks are initialised on the CPU (and moved to the device afterwards), so this fixes an
+    initialisation independently of how far the global RNG has advanced, which a single run and a
+    seed group reach differently; the global stream is restored on exit.
     """
     if seed is None:
         yield
@@ -297,195 +76,348 @@ def seeded_init(seed: int | None) -> Iterator[None]:
         yield
 
 
-class OnlineTargetUpdate:
-    """Polyak averaging of the online critics' targets only: ``theta' <- tau theta + (1-tau) theta'``.
+class Agent(nn.Module, abc.ABC):
+    """Networks and losses of one backbone. Build with :func:`make_agent`.
 
-    TorchRL's ``SoftUpdate`` moves every target of a loss; during online pre-training the actor and
-    Q_off targets must stay frozen, so this updates ``target_<name>`` for ``loss.online_param_names``.
+    Attributes:
+        actor: the policy network (``policy``: deterministic acting and evaluation).
+        offline_loss: the loss of the offline updates.
+        finetune_loss: the loss of online pre-training and fine-tuning (built by
+            :meth:`start_online`).
     """
 
-    def __init__(self, loss: LossModule, tau: float) -> None:
-        self.pairs = [
-            (getattr(loss, name), getattr(loss, f"target_{name}"))
-            for name in loss.online_param_names
-            if f"target_{name}" in loss._modules  # IQL's V has no target network
-        ]
-        self.tau = tau
+    def __init__(self, cfg: RunConfig, obs_dim: int, action_spec: Bounded, device: torch.device) -> None:
+        super().__init__()
+        self.run_cfg = cfg
+        self.cfg = cfg.backbone
+        defaults = BACKBONE_DEFAULTS[cfg.backbone.name]
+        self.options = {
+            key: default if getattr(cfg.backbone, key) is None else getattr(cfg.backbone, key)
+            for key, default in defaults.items()
+        }
+        self.obs_dim = obs_dim
+        self.device = torch.device(device)
+        self.action_spec = action_spec.to(self.device)
+        self.action_dim = action_spec.shape[-1]
+        self.finetune_loss: LossModule | None = None
 
-    @torch.no_grad()
-    def step(self) -> None:
-        for source, target in self.pairs:
-            src = list(source.values(True, True))
-            tgt = list(target.values(True, True))
-            torch._foreach_lerp_(tgt, src, self.tau)
+    # ------------------------------------------------------------------ policies
+    @property
+    def policy(self) -> TensorDictModule:
+        return self.actor
 
+    def exploration_noise(self) -> nn.Module | None:
+        """A module adding exploration noise to the actor's action (``None``: the actor samples)."""
+        return None
 
-def soft_update_keeping_targets(loss: LossModule, tau: float) -> SoftUpdate:
-    """TorchRL's ``SoftUpdate`` (``theta' <- tau theta + (1 - tau) theta'``) without the hard copy
-    ``theta' <- theta`` its constructor performs, so targets trained in an earlier phase (offline
-    ``Q_off``'s, ``Q_on``'s after online pre-training) carry over unchanged."""
-    targets = {
-        name: module.clone()
-        for name, module in loss.named_children()
-        if name.startswith("target_") and name.endswith("_params")
-    }
-    updater = SoftUpdate(loss, tau=tau)
-    with torch.no_grad():
-        for name, saved in targets.items():
-            getattr(loss, name).data.copy_(saved.data)
-    return updater
-
-
-def load_offline_state(
-    loss: LossModule, offline_state: dict, *, source: str = "the offline state"
-) -> None:
-    """Initialise a fine-tuning ``loss`` from an offline loss's ``state_dict``.
-
-    Actor, ``Q_off`` (``V_off``) and their targets are copied; only the online critics (and kappa,
-    SPOT's penalty state) may be left at their fresh values. Anything else missing, or any entry
-    the loss lacks, raises :class:`~torchrl_opt.pipeline.checkpoint.CheckpointError`.
-    """
-    offline_state = {k: v for k, v in offline_state.items() if not k.startswith("_value_estimator")}
-    missing, unexpected = loss.load_state_dict(offline_state, strict=False)
-    if unexpected:
-        raise CheckpointError(f"{source} has entries the loss lacks: {unexpected}")
-    allowed = ("qvalue_on", "target_qvalue_on", "value_on", "target_value_on", "kappa",
-               "_value_estimator", "actor_penalty")
-    stray = [k for k in missing if not k.startswith(allowed)]
-    if stray:
-        raise CheckpointError(f"{source} does not initialise these loss entries: {stray}")
-
-
-def make_update_spec(
-    name: str,
-    loss_fn: Callable[[TensorDictBase], TensorDictBase],
-    loss_keys: tuple[str, ...],
-    params: list[nn.Parameter],
-    lr: float,
-    *,
-    device: torch.device,
-    acceleration: AccelerationConfig | None = None,
-    every: int = 1,
-    target_updater: SoftUpdate | OnlineTargetUpdate | None = None,
-    loss_module: LossModule | None = None,
-    param_names: tuple[str, ...] = (),
-    seed_stack: SeedStack | None = None,
-) -> UpdateSpec:
-    """One named update step with its own Adam, compiled/graphed per ``acceleration``.
-
-    With ``acceleration.functional`` and a ``loss_module`` whose trained groups are
-    ``param_names``, the step is :func:`~torchrl_opt.pipeline.functional.make_functional_step`
-    (same maths, one capturable graph) and its optimiser a ``FunctionalAdam``.
-
-    With ``seed_stack`` (whose template is ``loss_module``), the functional step is wrapped in a
-    :class:`~torchrl_opt.pipeline.functional.SeedBatchedStep`: it takes ``[S, B]`` batches and
-    trains every seed of the stack in one vmapped call (``acceleration.functional`` is implied:
-    seed batching exists only for functional steps).
-    """
-    acceleration = acceleration or AccelerationConfig()
-    if seed_stack is not None and (loss_module is None or loss_module is not seed_stack.template):
-        raise FunctionalStepError(
-            f"update {name!r}: a seed-batched step must be built on the seed stack's template loss"
-        )
-    if (acceleration.functional or seed_stack is not None) and loss_module is not None:
-        pairs, tau = (
-            ([], 0.0)
-            if target_updater is None
-            else target_update_pairs(target_updater, loss_module)
-        )
-        step = make_functional_step(
-            loss_module, param_names, loss_fn, loss_keys, lr, target_updater_pairs=pairs, tau=tau
-        )
-        if seed_stack is not None:
-            step = SeedBatchedStep(seed_stack, step)
-        return UpdateSpec(name, accelerate(step, device, acceleration), step.optimizer, every)
-    optimizer = make_optimizer(params, lr, device, acceleration)
-    step = make_step(loss_fn, loss_keys, optimizer, target_updater=target_updater)
-    return UpdateSpec(name, accelerate(step, device, acceleration), optimizer, every)
-
-
-def make_update_specs(
-    loss: LossModule,
-    cfg: BackboneConfig,
-    device: torch.device,
-    acceleration: AccelerationConfig | None = None,
-    *,
-    seed_stack: SeedStack | None = None,
-) -> list[UpdateSpec]:
-    """The update steps of ``loss`` (an ``OPTLoss`` or ``OPTIQLLoss``), in the order they run.
-
-    TD3/SPOT: ``critic`` (both critics) every update, ``actor`` + Polyak target update every
-    ``cfg.actor_delay`` updates. IQL: ``value``, ``actor``, ``qvalue`` + target update every update.
-    With ``seed_stack`` (template ``loss``), every step trains all the stack's seeds at once on
-    ``[S, B]`` batches (see :func:`make_update_spec`).
-    """
-    target_updater = soft_update_keeping_targets(loss, cfg.tau)
-    critic_params = _params_of(loss, "qvalue_off_network_params") + _params_of(
-        loss, "qvalue_on_network_params"
-    )
-    actor_params = _params_of(loss, "actor_network_params")
-    qvalue_keys = tuple(f"loss_qvalue_{c}" for c in loss.critics)
-    actor_loss = _method(loss.actor_loss, "loss_actor")
-    kw = {"device": device, "acceleration": acceleration, "loss_module": loss,
-          "seed_stack": seed_stack}
-    critic_names = _names(loss, "qvalue_off_network_params", "qvalue_on_network_params")
-    actor_names = ("actor_network_params",)
-    if cfg.name == "iql":
-        value_params = _params_of(loss, "value_off_network_params") + _params_of(
-            loss, "value_on_network_params"
-        )
-        value_keys = tuple(f"loss_value_{c}" for c in loss.critics)
-        value_names = _names(loss, "value_off_network_params", "value_on_network_params")
+    # ------------------------------------------------------------------ networks
+    def _critics(self, count: int | None = None) -> list[TensorDictModule]:
         return [
-            make_update_spec(
-                "value", loss.value_loss, value_keys, value_params, cfg.value_lr,
-                param_names=value_names, **kw,
+            q.to(self.device)
+            for q in make_qvalue_ensemble(
+                self.obs_dim, self.action_dim, count or self.options["num_qvalue_nets"],
+                tuple(self.cfg.hidden), layer_norm=self.options["critic_layer_norm"],
+            )
+        ]
+
+    # ------------------------------------------------------------------ what subclasses define
+    def loss_for(self, kind: str) -> LossModule:
+        """The loss the steps of update ``kind`` train."""
+        if kind not in UPDATE_KINDS:
+            raise ValueError(f"unknown update kind {kind!r}; known: {UPDATE_KINDS}")
+        if kind in ("pretrain", "finetune", "critic"):
+            if self.finetune_loss is None:
+                raise RuntimeError(f"update kind {kind!r} needs the online loss: call start_online first")
+            return self.finetune_loss
+        return self.offline_loss
+
+    @abc.abstractmethod
+    def update_defs(self, kind: str, *, utd: int = 1) -> list[UpdateDef]:
+        """The update steps of kind ``kind`` (one of :data:`UPDATE_KINDS`), in the order they run."""
+
+    @abc.abstractmethod
+    def _build_online_loss(self, q_on: bool, fresh_critics: bool, kappa: float) -> LossModule:
+        """A fresh online loss over this agent's actor (critics not yet loaded)."""
+
+    def _pretrain_def(self, loss: LossModule) -> UpdateDef:
+        """Online pre-training (Eq. 3 / Eq. 8, or the mode's ablation) of the online critics, or of
+        ``Q_off`` itself with ``online_pretrain.critic=q_off``; their targets follow by Polyak
+        averaging, everything else is frozen."""
+        op = self.run_cfg.online_pretrain
+        wrap = OfflineCriticPretraining if op.critic == "q_off" else (lambda l: l)
+        groups = tuple(wrap(loss).online_param_names)
+        return UpdateDef(
+            "pretrain",
+            lambda l: MetaAdaptationLoss(
+                wrap(l), mode=op.mode, order=op.order, alpha=op.alpha,
+                loss_ratio_weighting=op.loss_ratio_weighting,
             ),
-            make_update_spec(
-                "actor", actor_loss, ("loss_actor",), actor_params, cfg.actor_lr,
-                param_names=actor_names, **kw,
-            ),
-            make_update_spec(
-                "qvalue", loss.qvalue_loss, qvalue_keys, critic_params, cfg.critic_lr,
-                target_updater=target_updater, param_names=critic_names, **kw,
-            ),
+            ("loss_pretrain",), groups, op.lr, targets=groups, tau=self.cfg.tau,
+        )
+
+    # ------------------------------------------------------------------ phase transitions
+    def start_online(
+        self, *, q_on: bool, fresh_critics: bool = False, kappa: float = 0.0, init_seed: int | None = None
+    ) -> LossModule:
+        """Build :attr:`finetune_loss`: the offline loss's actor, critics and targets (fresh random
+        critics with ``fresh_critics``), plus freshly initialised online critics with ``q_on``.
+
+        New networks are drawn from torch's CPU RNG forked and seeded with ``init_seed``
+        (:func:`seeded_init`), so they do not depend on how many random numbers earlier phases drew.
+        """
+        with seeded_init(init_seed):
+            loss = self._build_online_loss(q_on, fresh_critics, kappa)
+        fresh = ("qvalue_off", "target_qvalue_off", "log_alpha") if fresh_critics else ()
+        load_offline(loss, self.offline_loss.state_dict(), fresh=fresh)
+        self.finetune_loss = loss
+        return loss
+
+    # ------------------------------------------------------------------ diagnostics
+    @torch.no_grad()
+    def value_estimates(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every critic's estimate ``Q(s, pi(s))`` at observations ``[N, obs_dim]``, ``pi`` the
+        deterministic policy (TD3's action, a Gaussian's mode), from the loss being trained
+        (the online loss once it exists): ``{name: [N]}``, names per backbone (see
+        :meth:`_reduce_critics`). What the value-bias diagnostic compares with Monte Carlo returns.
+        """
+        loss = self.finetune_loss if self.finetune_loss is not None else self.offline_loss
+        td = TensorDict(observation=observation, batch_size=observation.shape[:1])
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            td = self.actor(td)
+        members = {critic: _critic_members(loss, critic, td) for critic in loss.critics}
+        return self._reduce_critics(members, loss)
+
+    def _reduce_critics(self, members: dict[str, torch.Tensor], loss: LossModule) -> dict[str, torch.Tensor]:
+        """TD3 / SPOT: each twin's first critic, ``q_off`` / ``q_on`` (what Eq. 4's actor reads), and
+        ``q_mix = (1 - kappa) q_off + kappa q_on``; IQL: each twin's minimum (IQL's estimate)."""
+        first = self.cfg.name != "iql"
+        out = {f"q_{c}": (v[0] if first else v.min(0)[0]) for c, v in members.items()}
+        if "on" in members:
+            out["q_mix"] = (1 - loss.kappa) * out["q_off"] + loss.kappa * out["q_on"]
+        return out
+
+    def offline_state(self) -> dict:
+        """What ``offline.pt`` stores of the agent: the offline loss and SPOT's VAE."""
+        vae = getattr(self, "vae", None)
+        return {
+            "offline_loss": self.offline_loss.state_dict(),
+            "vae": vae.state_dict() if vae is not None else {},
+        }
+
+    def load_offline(self, state: dict) -> None:
+        """Load :meth:`offline_state` (from ``offline.pt``)."""
+        self.offline_loss.load_state_dict(state["offline_loss"])
+        vae = getattr(self, "vae", None)
+        if vae is not None:
+            vae.load_state_dict(state["vae"])
+
+
+class TD3Agent(Agent):
+    """OPT's backbones: ``td3`` (TD3+BC offline, TD3 online), ``spot`` and ``iql``."""
+
+    def __init__(self, cfg: RunConfig, obs_dim: int, action_spec: Bounded, device: torch.device) -> None:
+        super().__init__(cfg, obs_dim, action_spec, device)
+        b, hidden = self.cfg, tuple(self.cfg.hidden)
+        actor_ln = self.options["actor_layer_norm"]
+        if b.name == "iql":
+            self.actor = make_gaussian_actor(obs_dim, self.action_spec, hidden, layer_norm=actor_ln)
+            self.value_off = make_value(obs_dim, hidden, layer_norm=self.options["critic_layer_norm"])
+        else:
+            self.actor = make_td3_actor(obs_dim, self.action_spec, hidden, layer_norm=actor_ln)
+        self.qvalue_off = nn.ModuleList(self._critics())
+        self.vae: SPOTVAE | None = None
+        if b.name == "spot":
+            low, high = self.action_spec.space.low, self.action_spec.space.high
+            self.vae = SPOTVAE(obs_dim, self.action_dim, low, high, tuple(b.vae_hidden))
+        self.to(self.device)
+        if self.vae is not None:
+            self.vae_loss = SPOTVAELoss(self.vae, beta=b.vae_beta).to(self.device)
+        self.offline_loss = self._make_loss(online=False)
+
+    def exploration_noise(self) -> nn.Module | None:
+        """TD3/SPOT's exploration noise, N(0, (sigma * half-range)^2) added to the action and kept
+        in bounds; ``None`` for IQL (its policy samples its Gaussian)."""
+        if self.cfg.name == "iql":
+            return None
+        half_range = (self.action_spec.space.high - self.action_spec.space.low) / 2
+        noise = AdditiveGaussianModule(
+            spec=self.action_spec, sigma_init=self.cfg.exploration_noise,
+            sigma_end=self.cfg.exploration_noise, annealing_num_steps=1, std=1.0, safe=True,
+            device=self.device,
+        )
+        noise.std = half_range.to(self.device)
+        return noise
+
+    def _make_loss(self, *, online: bool, q_on: bool = False, kappa: float = 0.0) -> LossModule:
+        b, hidden = self.cfg, tuple(self.cfg.hidden)
+        critic_ln = self.options["critic_layer_norm"]
+        q_off = [copy.deepcopy(q) for q in self.qvalue_off]
+        q_on_nets = self._critics() if q_on else None
+        common = {"num_qvalue_nets": self.options["num_qvalue_nets"], "kappa": kappa,
+                  "loss_function": b.loss_function}
+        if b.name == "iql":
+            v_on = make_value(self.obs_dim, hidden, layer_norm=critic_ln).to(self.device) if q_on else None
+            loss: LossModule = OPTIQLLoss(
+                self.actor, q_off, copy.deepcopy(self.value_off), q_on_nets, v_on,
+                expectile=b.expectile, temperature=b.temperature, **common,
+            )
+        else:
+            penalty = None
+            if b.name == "spot":
+                penalty = SPOTDensityPenalty(
+                    self.vae, b.spot_lambda, lambda_end=b.spot_lambda_end, cooling=online,
+                    cooling_steps=b.spot_cooling_steps, beta=b.vae_beta,
+                    # offline the VAE is trained before the actor-critic: keep it trainable
+                    freeze=online,
+                )
+            bc_alpha = b.online_bc_alpha if online else b.bc_alpha
+            loss = OPTLoss(
+                self.actor, q_off, q_on_nets, action_spec=self.action_spec,
+                policy_noise=b.policy_noise, noise_clip=b.noise_clip,
+                bc_alpha=None if b.name == "spot" else bc_alpha, normalize_q=b.name == "spot",
+                actor_penalty=penalty, **common,
+            )
+        loss.make_value_estimator(gamma=b.gamma)
+        return loss.to(self.device)
+
+    def _build_online_loss(self, q_on: bool, fresh_critics: bool, kappa: float) -> LossModule:
+        if fresh_critics:
+            raise ValueError(f"the {self.cfg.name} backbone keeps its offline critics (no fresh_critics)")
+        return self._make_loss(online=True, q_on=q_on, kappa=kappa)
+
+    def loss_for(self, kind: str) -> LossModule:
+        if kind == "vae":
+            if self.vae is None:
+                raise ValueError("only the spot backbone has a VAE phase")
+            return self.vae_loss
+        if kind in ("bc", "critic"):
+            raise ValueError(f"the {self.cfg.name} backbone has no {kind!r} updates")
+        return super().loss_for(kind)
+
+    def update_defs(self, kind: str, *, utd: int = 1) -> list[UpdateDef]:
+        """``vae``: SPOT's VAE; ``pretrain``: Eq. 3 / Eq. 8; ``offline`` / ``finetune``: see
+        :func:`td3_update_defs`."""
+        loss = self.loss_for(kind)
+        if kind == "vae":
+            return [UpdateDef("vae", lambda l: l, ("loss_vae",), ("vae_network_params",), self.cfg.vae_lr)]
+        if kind == "pretrain":
+            return [self._pretrain_def(loss)]
+        return td3_update_defs(loss, self.cfg)
+
+
+class SACAgent(Agent):
+    """The SAC critic-ensemble agent of RLPD, RLPD+OPT, WSRL and PORL: a TanhNormal actor, an
+    ``num_qvalue_nets`` critic ensemble (LayerNorm by default) and
+    :class:`~torchrl_opt.objectives.sac_ensemble.EnsembleSACLoss`."""
+
+    def __init__(self, cfg: RunConfig, obs_dim: int, action_spec: Bounded, device: torch.device) -> None:
+        super().__init__(cfg, obs_dim, action_spec, device)
+        self.actor = make_gaussian_actor(
+            obs_dim, self.action_spec, tuple(self.cfg.hidden), layer_norm=self.options["actor_layer_norm"]
+        ).to(self.device)
+        self.offline_loss = self._make_loss(q_on=False)
+        self.bc_loss = BCLoss(self.actor, self.action_spec).to(self.device)
+
+    def _make_loss(self, *, q_on: bool, kappa: float = 0.0) -> EnsembleSACLoss:
+        b = self.cfg
+        loss = EnsembleSACLoss(
+            self.actor, self._critics(), self._critics() if q_on else None,
+            num_qvalue_nets=self.options["num_qvalue_nets"], num_min_qs=b.num_min_qs,
+            alpha_init=b.alpha_init,
+            target_entropy="auto" if b.target_entropy is None else b.target_entropy,
+            action_spec=self.action_spec, backup_entropy=b.backup_entropy,
+            actor_q_reduction=b.actor_q_reduction, loss_function=b.loss_function, kappa=kappa,
+        )
+        loss.make_value_estimator(gamma=b.gamma)
+        return loss.to(self.device)
+
+    def _build_online_loss(self, q_on: bool, fresh_critics: bool, kappa: float) -> LossModule:
+        return self._make_loss(q_on=q_on, kappa=kappa)
+
+    def _reduce_critics(self, members: dict[str, torch.Tensor], loss: LossModule) -> dict[str, torch.Tensor]:
+        """Each ensemble's mean and min (``q_off_mean``, ``q_off_min``, ...), and ``q_mix``: the
+        kappa-mixed ensembles under the reduction the actor maximises (RLPD+OPT)."""
+        out = {}
+        for c, v in members.items():
+            out[f"q_{c}_mean"], out[f"q_{c}_min"] = v.mean(0), v.min(0)[0]
+        if "on" in members:
+            r = "min" if self.cfg.actor_q_reduction == "min" else "mean"
+            out["q_mix"] = (1 - loss.kappa) * out[f"q_off_{r}"] + loss.kappa * out[f"q_on_{r}"]
+        return out
+
+    def update_defs(self, kind: str, *, utd: int = 1) -> list[UpdateDef]:
+        """``bc``: PORL's behaviour cloning; ``pretrain``: Eq. 3 on the online ensemble;
+        ``offline`` / ``finetune`` / ``critic``: see :func:`sac_update_defs`."""
+        if kind == "bc":
+            return [UpdateDef("bc", lambda l: l, ("loss_bc",), ("actor_network_params",), self.run_cfg.porl.bc_lr)]
+        loss = self.loss_for(kind)
+        if kind == "pretrain":
+            return [self._pretrain_def(loss)]
+        defs = sac_update_defs(loss, self.cfg, actor_every=self.cfg.actor_every or (1 if kind == "offline" else utd))
+        return defs[:1] if kind == "critic" else defs
+
+    def loss_for(self, kind: str) -> LossModule:
+        if kind == "vae":
+            raise ValueError("the sac backbone has no VAE phase")
+        if kind == "bc":
+            return self.bc_loss
+        return super().loss_for(kind)
+
+
+def _critic_members(loss: LossModule, critic: str, td: TensorDictBase) -> torch.Tensor:
+    """``Q_c,i(s, a)`` of every member ``i`` of critic ``c`` of ``loss``: ``[members, N]``."""
+    network = getattr(loss, f"qvalue_{critic}_network")
+    params = getattr(loss, f"qvalue_{critic}_network_params")
+    values = []
+    for i in range(params.batch_size[0]):
+        with params[i].to_module(network):
+            values.append(network(td.select(*network.in_keys).clone()).get("state_action_value").squeeze(-1))
+    return torch.stack(values)
+
+
+def td3_update_defs(loss: LossModule, backbone: BackboneConfig) -> list[UpdateDef]:
+    """The update steps of an ``OPTLoss`` / ``OPTIQLLoss``, in the order they run.
+
+    TD3/SPOT: ``critic`` (every critic's TD loss, Eq. 2) every update, ``actor`` (Eq. 4) and the
+    Polyak target update ``theta' <- tau theta + (1 - tau) theta'`` every ``actor_delay`` updates.
+    IQL: ``value`` (expectile regression), ``actor`` (AWR, Eq. 9) and ``qvalue`` (+ targets) every
+    update.
+    """
+    b = backbone
+    actor = ("actor", lambda l: loss_method(l.actor_loss, "loss_actor"), ("loss_actor",),
+             loss.actor_param_names, b.actor_lr)
+    if isinstance(loss, OPTIQLLoss):
+        return [
+            UpdateDef("value", lambda l: l.value_losses, loss.value_loss_keys, loss.value_param_names, b.value_lr),
+            UpdateDef(*actor),
+            UpdateDef("qvalue", lambda l: l.qvalue_losses, loss.qvalue_loss_keys, loss.critic_param_names,
+                      b.critic_lr, targets="all", tau=b.tau),
         ]
     return [
-        make_update_spec(
-            "critic", loss.qvalue_losses, qvalue_keys, critic_params, cfg.critic_lr,
-            param_names=critic_names, **kw,
-        ),
-        make_update_spec(
-            "actor", actor_loss, ("loss_actor",), actor_params, cfg.actor_lr,
-            every=cfg.actor_delay, target_updater=target_updater, param_names=actor_names, **kw,
-        ),
+        UpdateDef("critic", lambda l: l.qvalue_losses, loss.qvalue_loss_keys, loss.critic_param_names,
+                  b.critic_lr),
+        UpdateDef(*actor, every=b.actor_delay, targets="all", tau=b.tau),
     ]
 
 
-def _names(loss: LossModule, *names: str) -> tuple[str, ...]:
-    """The parameter groups among ``names`` that ``loss`` has."""
-    return tuple(name for name in names if name in loss._modules)
+def sac_update_defs(loss: EnsembleSACLoss, backbone: BackboneConfig, *, actor_every: int) -> list[UpdateDef]:
+    """The update steps of an :class:`~torchrl_opt.objectives.sac_ensemble.EnsembleSACLoss`:
+    ``critic`` (every ensemble's TD loss, CQL's regulariser and Lagrange multiplier for
+    :class:`~torchrl_opt.objectives.cql.EnsembleCQLLoss`, all at ``critic_lr`` as WSRL's 3e-4, then
+    Polyak targets) every update;
+    ``actor`` (the actor and the temperature, one Adam with two learning rates) every
+    ``actor_every`` updates."""
+    b = backbone
+    lrs = {"actor_network_params": b.actor_lr, "log_alpha_params": b.alpha_lr}
+    return [
+        UpdateDef("critic", lambda l: l.qvalue_losses, loss.qvalue_loss_keys, loss.critic_param_names,
+                  b.critic_lr, targets="all", tau=b.tau),
+        UpdateDef("actor", lambda l: l.actor_alpha_losses, loss.actor_loss_keys, loss.actor_param_names,
+                  {g: lrs[g] for g in loss.actor_param_names}, every=actor_every),
+    ]
 
 
-def _params_of(loss: LossModule, name: str) -> list[nn.Parameter]:
-    if name not in loss._modules:
-        return []
-    return [p for p in getattr(loss, name).values(True, True) if isinstance(p, nn.Parameter)]
-
-
-def _method(fn: Callable, key: str) -> Callable[[TensorDictBase], TensorDictBase]:
-    def call(batch: TensorDictBase) -> TensorDictBase:
-        return as_tensordict(fn(batch), key)
-
-    return call
-
-
-def make_agent(
-    backbone: BackboneConfig,
-    obs_dim: int,
-    action_spec: Bounded,
-    device: torch.device | str,
-    acceleration: AccelerationConfig | None = None,
-) -> Agent:
-    """Build the :class:`Agent` of ``backbone.name`` for the given spaces on ``device``."""
-    return Agent(backbone, obs_dim, action_spec, torch.device(device), acceleration)
+def make_agent(cfg: RunConfig, obs_dim: int, action_spec: Bounded, device: torch.device | str) -> Agent:
+    """The agent of ``cfg.backbone.name`` for the given spaces on ``device``."""
+    cls = SACAgent if cfg.backbone.name == "sac" else TD3Agent
+    return cls(cfg, obs_dim, action_spec, torch.device(device))

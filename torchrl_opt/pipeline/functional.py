@@ -161,7 +161,9 @@ class FunctionalAdam:
     Args:
         params: the live parameters (a TensorDict of tensors; leading batch dimensions, e.g. seeds,
             are allowed: every leaf is updated elementwise).
-        lr, betas, eps, weight_decay: as ``torch.optim.Adam``.
+        lr: as ``torch.optim.Adam``; or one learning rate per top-level key of ``params`` (a
+            mapping: the parameter groups of ``torch.optim.Adam``, e.g. SAC's actor and temperature).
+        betas, eps, weight_decay: as ``torch.optim.Adam``.
         decoupled_weight_decay: AdamW's decoupled decay instead of L2.
         step_shape: shape of the step counter (``()``, or ``(S,)`` for ``S`` stacked seeds).
 
@@ -172,7 +174,7 @@ class FunctionalAdam:
     def __init__(
         self,
         params: TensorDictBase,
-        lr: float,
+        lr: float | dict[str, float],
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -180,8 +182,14 @@ class FunctionalAdam:
         decoupled_weight_decay: bool = False,
         step_shape: Sequence[int] = (),
     ) -> None:
-        if not lr > 0:
+        lrs = dict(lr) if isinstance(lr, dict) else {None: lr}
+        if not all(value > 0 for value in lrs.values()):
             raise FunctionalStepError(f"lr must be positive, got {lr}")
+        if isinstance(lr, dict) and set(lr) != set(params.keys()):
+            raise FunctionalStepError(
+                f"per-group learning rates {sorted(lr)} do not match the parameter groups "
+                f"{sorted(params.keys())}"
+            )
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise FunctionalStepError(f"betas must lie in [0, 1), got {betas}")
         if not eps > 0:
@@ -191,7 +199,7 @@ class FunctionalAdam:
         if not _leaves(params):
             raise FunctionalStepError("FunctionalAdam got no parameters to optimise")
         self.params = params
-        self.lr = float(lr)
+        self.lr = {k: float(v) for k, v in lr.items()} if isinstance(lr, dict) else float(lr)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
@@ -225,15 +233,16 @@ class FunctionalAdam:
         step64 = step.to(torch.float64)
         bias_correction1 = 1 - beta1**step64
         bias_correction2_sqrt = (1 - beta2**step64).sqrt()
-        step_size = self.lr / bias_correction1
         new_params, new_m, new_v = {}, {}, {}
         m_td, v_td = state["exp_avg"], state["exp_avg_sq"]
         for key, theta in params.items(True, True):
+            lr = self._lr_of(key)
+            step_size = lr / bias_correction1
             g = grads.get(key)
             m, v = m_td.get(key), v_td.get(key)
             if self.weight_decay != 0:
                 if self.decoupled_weight_decay:
-                    theta = theta * (1 - self.lr * self.weight_decay)
+                    theta = theta * (1 - lr * self.weight_decay)
                 else:
                     g = g.add(theta, alpha=self.weight_decay)
             m = torch.lerp(m, g, 1 - beta1)
@@ -251,6 +260,11 @@ class FunctionalAdam:
             batch_size=state.batch_size,
         )
         return _rebuild(params, new_params), new_state
+
+    def _lr_of(self, key: str | tuple[str, ...]) -> float:
+        if not isinstance(self.lr, dict):
+            return self.lr
+        return self.lr[key[0] if isinstance(key, tuple) else key]
 
     @torch.no_grad()
     def step(self, grads: TensorDictBase) -> None:
@@ -296,7 +310,8 @@ class FunctionalAdam:
                     f"expected {tuple(ours[key].shape)}"
                 )
         hp = state_dict["hyperparameters"]
-        self.lr = float(hp["lr"])
+        lr = hp["lr"]
+        self.lr = {k: float(v) for k, v in lr.items()} if isinstance(lr, dict) else float(lr)
         self.betas = tuple(float(b) for b in hp["betas"])
         self.eps = float(hp["eps"])
         self.weight_decay = float(hp["weight_decay"])
@@ -323,8 +338,8 @@ def target_update_pairs(
     * TorchRL's :class:`~torchrl.objectives.SoftUpdate` moves every ``target_<name>`` of the loss
       with ``theta' <- lerp(theta', theta, 1 - eps)``; the weight returned is ``1 - eps`` exactly as
       SoftUpdate computes it (so the functional update matches it bit for bit).
-    * :class:`~torchrl_opt.pipeline.agents.OnlineTargetUpdate` moves the targets of
-      ``loss.online_param_names`` that exist, with weight ``tau``.
+    * :class:`~torchrl_opt.pipeline.updates.TargetUpdate` moves the targets of its groups
+      ``updater.names`` that exist, with weight ``tau``.
     """
     if isinstance(updater, SoftUpdate):
         names = [
@@ -333,9 +348,8 @@ def target_update_pairs(
             if name.startswith("target_") and name.endswith("_params")
         ]
         return [(name, f"target_{name}") for name in names], 1 - updater.eps
-    online = getattr(loss_module, "online_param_names", None)
-    if hasattr(updater, "pairs") and hasattr(updater, "tau") and online is not None:
-        names = [name for name in online if f"target_{name}" in loss_module._modules]
+    if hasattr(updater, "names") and hasattr(updater, "tau"):
+        names = [name for name in updater.names if f"target_{name}" in loss_module._modules]
         return [(name, f"target_{name}") for name in names], float(updater.tau)
     raise FunctionalStepError(
         f"Cannot read target pairs from {type(updater).__name__}; pass target_updater_pairs and tau"
@@ -369,7 +383,7 @@ class FunctionalStep:
         param_names: Sequence[str],
         loss_fn: LossFn,
         loss_keys: Sequence[str],
-        lr: float,
+        lr: float | dict[str, float],
         *,
         target_updater_pairs: Sequence[tuple[str, str]] | None = None,
         tau: float = 0.005,
@@ -450,7 +464,9 @@ class FunctionalStep:
             the detached output of ``loss_fn``.
         """
         trainable_keys = [
-            (name, *key) for name in self.param_names for key in self.params[name].keys(True, True)
+            (name, *(key if isinstance(key, tuple) else (key,)))
+            for name in self.param_names
+            for key in self.params[name].keys(True, True)
         ]
         theta = groups.select(*trainable_keys)
         trained_groups = groups.select(*self.param_names)
@@ -516,7 +532,7 @@ def make_functional_step(
     param_names: Sequence[str],
     loss_fn: LossFn,
     loss_keys: Sequence[str],
-    lr: float,
+    lr: float | dict[str, float],
     *,
     target_updater_pairs: Sequence[tuple[str, str]] | None = None,
     tau: float = 0.005,
@@ -712,7 +728,9 @@ class SeedBatchedStep:
         #: every parameter group of every seed, batch size ``[S]`` (shared through ``stack``).
         self.groups = stack.groups
         trainable_keys = [
-            (name, *key) for name in step.param_names for key in step.params[name].keys(True, True)
+            (name, *(key if isinstance(key, tuple) else (key,)))
+            for name in step.param_names
+            for key in step.params[name].keys(True, True)
         ]
         self.params = self.groups.select(*trainable_keys)
         self.optimizer = FunctionalAdam(

@@ -18,9 +18,12 @@ import torch
 from tensordict import TensorDictBase
 from tqdm.auto import tqdm
 
-__all__ = ["NonFiniteMetricError", "RunLogger", "SeedGroupLogger"]
+from torchrl_opt.pipeline.config import LOGGER_BACKENDS
 
-LOGGER_BACKENDS = ("csv", "tensorboard", "wandb", "none")
+__all__ = ["GroupLogger", "NonFiniteMetricError", "RunLogger"]
+
+#: the folder of a run's (or seed's) CSV / TensorBoard logs: ``<dir>/logs/scalars/<key>.csv``.
+LOG_FOLDER = "logs"
 
 
 class NonFiniteMetricError(FloatingPointError):
@@ -32,8 +35,9 @@ class RunLogger:
 
     Args:
         backend: ``"csv"``, ``"tensorboard"``, ``"wandb"`` or ``"none"``.
-        log_dir: directory of the run's logs.
-        experiment: experiment name.
+        log_dir: directory of the run (or seed); CSV and TensorBoard logs go to
+            ``<log_dir>/logs`` (CSV: ``<log_dir>/logs/scalars/<key>.csv``).
+        experiment: experiment name (the wandb run's name).
         progress: show tqdm bars.
         check_finite: raise :class:`NonFiniteMetricError` when a logged metric is NaN/inf.
     """
@@ -57,15 +61,19 @@ class RunLogger:
         if backend != "none":
             from torchrl.record.loggers import get_logger
 
-            kwargs = {}
+            kwargs, name = {}, LOG_FOLDER
             if backend == "wandb":
-                kwargs = {"save_dir": str(log_dir)}
-            self._logger = get_logger(
-                backend, logger_name=str(log_dir), experiment_name=experiment, **kwargs
-            )
+                kwargs, name = {"save_dir": str(log_dir)}, experiment
+            self._logger = get_logger(backend, logger_name=str(log_dir), experiment_name=name, **kwargs)
         self._bar: tqdm | None = None
         self._bar_start = 0.0
         self._postfix: dict[str, float] = {}
+
+    def use(self, logger) -> None:
+        """Write to the TorchRL ``logger`` instance from now on (``None``: keep the current one);
+        the trainer routes a run's logs into its own logger this way."""
+        if logger is not None:
+            self._logger, self.backend = logger, "external"
 
     # ------------------------------------------------------------------ scalars
     def log(self, metrics: Mapping[str, float] | TensorDictBase, step: int, prefix: str = "") -> dict:
@@ -153,25 +161,18 @@ class RunLogger:
         return elapsed
 
 
-class SeedGroupLogger:
-    """:class:`RunLogger`'s interface over the per-seed loggers of a seed-batched run.
+class GroupLogger:
+    """:class:`RunLogger`'s interface over the per-seed loggers of a run (``S >= 1`` seeds).
 
     :meth:`log` takes metrics whose tensors have a leading seed dimension ``[S, ...]`` (what
     seed-batched steps return; trailing dimensions are averaged) or are scalars shared by every
-    seed (``kappa``, SPOT's ``lambda``), writes seed ``i``'s values to ``loggers[i]`` (its own CSV /
-    TensorBoard / wandb run and history) and returns the means over seeds (for the progress bar).
-    The values of all seeds are read with one host synchronisation. One progress bar, shown when
-    ``progress``, follows the group's phases.
-
-    Args:
-        loggers: one :class:`RunLogger` per seed, in seed order.
-        seeds: the seeds' values, used to name the seed in error messages.
-        progress: show tqdm bars for the group.
+    seed (``kappa``, SPOT's ``lambda``; everything of a one-seed run), writes seed ``i``'s values to
+    ``loggers[i]`` (its own CSV / TensorBoard / wandb run and history) and returns the means over
+    seeds (for the progress bar), reading all seeds' values with one host synchronisation. One
+    progress bar, shown when ``progress``, follows the run's phases.
     """
 
-    def __init__(
-        self, loggers: Sequence[RunLogger], seeds: Sequence[int], *, progress: bool = True
-    ) -> None:
+    def __init__(self, loggers: Sequence[RunLogger], seeds: Sequence[int], *, progress: bool = True) -> None:
         if len(loggers) != len(seeds) or not loggers:
             raise ValueError(f"need one logger per seed; got {len(loggers)} for seeds {list(seeds)}")
         self.loggers = list(loggers)
@@ -180,6 +181,8 @@ class SeedGroupLogger:
 
     def log(self, metrics: Mapping[str, float] | TensorDictBase, step: int, prefix: str = "") -> dict:
         """Log seed ``i``'s values of ``metrics`` to ``loggers[i]``; returns the means over seeds."""
+        if len(self.loggers) == 1:
+            return self.loggers[0].log(metrics, step, prefix)
         per_seed = _split_seeds(metrics, len(self.loggers))
         logged = []
         for seed, logger, values in zip(self.seeds, self.loggers, per_seed):
@@ -190,10 +193,11 @@ class SeedGroupLogger:
         return {name: sum(v[name] for v in logged) / len(logged) for name in logged[0]}
 
     def start_phase(self, name: str, total: int, initial: int = 0) -> None:
-        self._progress.start_phase(f"{name} ({len(self.loggers)} seeds)", total, initial)
+        label = name if len(self.loggers) == 1 else f"{name} ({len(self.loggers)} seeds)"
+        self._progress.start_phase(label, total, initial)
 
     def advance(self, n: int = 1, **postfix: float | torch.Tensor) -> None:
-        """Advance the group's bar; per-seed postfix values (tensors ``[S]``) show their mean."""
+        """Advance the bar; per-seed postfix values (tensors ``[S]``) show their mean."""
         means = {
             k: float(v.double().mean()) if isinstance(v, torch.Tensor) else v
             for k, v in postfix.items()

@@ -3,25 +3,21 @@
 from torchrl_opt.trainers.opt_trainer import (
     BalancedReplayHook,
     EvaluationHook,
-    KappaScheduleHook,
     MixedReplayHook,
-    OnlinePretrainPhase,
     OPTOptimizationStepper,
     OPTTrainer,
+    SchedulesHook,
     TrainerConfigError,
-    load_offline_checkpoint,
     make_update_specs,
 )
 
 __all__ = [
     "BalancedReplayHook",
     "EvaluationHook",
-    "KappaScheduleHook",
     "MixedReplayHook",
-    "OnlinePretrainPhase",
     "OPTOptimizationStepper",
     "OPTTrainer",
+    "SchedulesHook",
     "TrainerConfigError",
-    "load_offline_checkpoint",
     "make_update_specs",
 ]

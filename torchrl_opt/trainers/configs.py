@@ -32,7 +32,10 @@ from torchrl_opt.pipeline.config import (
     LoggingConfig,
     OfflineConfig,
     OnlinePretrainConfig,
+    PORLConfig,
+    RLPDConfig,
     RunConfig,
+    WSRLConfig,
     to_run_config,
 )
 from torchrl_opt.trainers.opt_trainer import OPTTrainer, TrainerConfigError
@@ -40,8 +43,8 @@ from torchrl_opt.trainers.opt_trainer import OPTTrainer, TrainerConfigError
 __all__ = ["OPTTrainerConfig", "register_opt_trainer_configs"]
 
 #: ``OPTTrainerConfig`` fields that make up the pipeline's :class:`RunConfig`.
-_RUN_FIELDS = ("seed", "device", "env_id", "dataset", "backbone", "offline", "online_pretrain",
-               "finetune", "eval", "acceleration", "run_dir")
+_RUN_FIELDS = ("seed", "method", "device", "env_id", "dataset", "backbone", "offline",
+               "online_pretrain", "finetune", "eval", "acceleration", "rlpd", "wsrl", "porl", "run_dir")
 
 
 @dataclass
@@ -54,6 +57,7 @@ class OPTTrainerConfig(TrainerConfig):
     """
 
     seed: int = 0
+    method: str = "opt"
     device: str = "auto"
     env_id: str | None = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -63,6 +67,9 @@ class OPTTrainerConfig(TrainerConfig):
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     acceleration: AccelerationConfig = field(default_factory=AccelerationConfig)
+    rlpd: RLPDConfig = field(default_factory=RLPDConfig)
+    wsrl: WSRLConfig = field(default_factory=WSRLConfig)
+    porl: PORLConfig = field(default_factory=PORLConfig)
     run_dir: str | None = None
     log_dir: str = "runs"
     log_every: int = 1000
