@@ -640,3 +640,32 @@ def test_missing_keys_are_named():
         loss.qvalue_losses(td.exclude(("next", "observation")))
     with pytest.raises(LossInputError, match=r"OPTIQLLoss.actor_loss needs the input key\(s\) \['action'\]"):
         loss.actor_loss(td.exclude("action"))
+
+
+def test_actor_dropout_acts_in_the_loss_not_when_acting():
+    """CORL's IQL on Adroit trains its actor with dropout 0.1: :class:`TrainingDropout` zeroes a
+    fraction ``p`` of activations and scales the rest by ``1 / (1 - p)`` where gradients flow, is
+    the identity under ``no_grad`` (acting, evaluation), and draws independent masks per seed under
+    ``vmap(randomness="different")``."""
+    from torchrl_opt.models import TrainingDropout
+
+    torch.manual_seed(0)
+    drop, x = TrainingDropout(0.25), torch.ones(2, 20_000, requires_grad=True)
+    with torch.no_grad():
+        assert torch.equal(drop(x), x)
+    y = drop(x)
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.75))
+    assert abs(float((y == 0).double().mean()) - 0.25) < 0.01
+    per_seed = torch.vmap(drop, randomness="different")(x)
+    assert not torch.equal(per_seed[0] == 0, per_seed[1] == 0)
+    # an actor built with dropout: deterministic when acting, stochastic in its loss's forward pass
+    spec = Bounded(-torch.ones(2), torch.ones(2), shape=(2,))
+    actor = make_gaussian_actor(3, spec, (64,), dropout=0.5)
+    td = TensorDict(observation=torch.randn(16, 3), batch_size=[16])
+    with torch.no_grad():
+        a, b = actor[0](td.clone())["loc"], actor[0](td.clone())["loc"]
+    assert torch.equal(a, b)
+    assert not torch.equal(actor[0](td.clone())["loc"], actor[0](td.clone())["loc"])
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        TrainingDropout(1.0)

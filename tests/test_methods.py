@@ -252,6 +252,46 @@ def test_no_qon_pretrains_q_off_and_nothing_else(tmp_path, monkeypatch):
         run(bad)
 
 
+def test_wsrl_pretrains_with_calql_then_finetunes_plain_sac(tmp_path, monkeypatch):
+    """WSRL's AntMaze / Adroit recipe: Cal-QL offline (the critic step reads each row's Monte Carlo
+    return-to-go, checked against a loop over the dataset's episodes, with the sparse-reward
+    failure rule after the reward shift), then plain ensemble SAC online: the Lagrange multiplier
+    and CQL's buffers stay behind, every network carries over."""
+    cfg = method_cfg(tmp_path / "calql", "wsrl")
+    cfg.wsrl.offline_regularizer, cfg.wsrl.cql_lagrange = "calql", True
+    cfg.wsrl.failure_reward, cfg.dataset.reward_shift = 0.0, -1.0
+    with monkeypatch.context() as mp:
+        rec = Recorder(mp)
+        result = run(cfg)
+    agent, data = rec.run.agents[0], rec.run.data
+    from torchrl_opt.objectives.cql import EnsembleCQLLoss
+    from torchrl_opt.objectives.sac_ensemble import EnsembleSACLoss
+
+    assert isinstance(agent.offline_loss, EnsembleCQLLoss) and agent.offline_loss.calibrated
+    assert type(agent.finetune_loss) is EnsembleSACLoss
+    gamma, rewards, dones = cfg.backbone.gamma, data["next", "reward"].flatten().tolist(), data["next", "done"].flatten().tolist()
+    expected, running = [0.0] * len(rewards), 0.0
+    for i in range(len(rewards) - 1, -1, -1):  # backwards, restarting at each episode end
+        if dones[i] or i == len(rewards) - 1:
+            running = 0.0
+        running = rewards[i] + gamma * running
+        expected[i] = running
+    # failure rule: an episode whose shifted rewards all equal 0 + shift gets (0 + shift) / (1 - gamma)
+    ends = [i for i, d in enumerate(dones) if d] + [len(rewards) - 1]
+    begin = 0
+    for end in ends:
+        if end >= begin and all(r == -1.0 for r in rewards[begin:end + 1]):
+            expected[begin:end + 1] = [-1.0 / (1 - gamma)] * (end + 1 - begin)
+        begin = end + 1
+    torch.testing.assert_close(data["mc_return"].flatten().double(), torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-4)
+    assert "mc_return" in rec.batches["offline/critic"][0].keys()
+    assert "offline/calql_bound_rate" in result.history and "offline/loss_cql_alpha" in result.history
+    assert "finetune/loss_cql" not in result.history
+    online = agent.finetune_loss.state_dict()
+    assert not any(k.startswith(("cql_alpha", "uniform_log_density")) for k in online)
+
+
 # ---------------------------------------------------------------------------------------------
 # resume after a kill in the middle of each phase kind
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ bookkeeping.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -103,6 +104,7 @@ def tiny_cfg(run_dir: Path, backbone: str = "td3", use_q_on: bool = True) -> Run
     cfg.backbone.vae_steps = VAE_STEPS
     cfg.backbone.spot_cooling_steps = SPOT_COOLING_STEPS
     cfg.offline.steps, cfg.offline.batch_size, cfg.offline.eval_every = OFFLINE_STEPS, 32, 10
+    cfg.offline.normalize_observations = False  # (IQL's preset: on; the tests evaluate on raw envs)
     cfg.online_pretrain.n_tau = N_TAU
     cfg.online_pretrain.steps = PRETRAIN_STEPS
     cfg.online_pretrain.batch_size = 32
@@ -302,8 +304,9 @@ def test_end_to_end(backbone, use_q_on, reference_dir, monkeypatch):
         assert not any("_on" in k for k in history if k.startswith("finetune/"))
 
     if backbone == "spot":  # SPOT's lambda cooled once per fine-tuning env step
+        resolved = result.summary["config"]["backbone"]  # the preset values the run used
         for step, value in history["finetune/spot_lambda"]:
-            ref = spot_lambda(step, cfg.backbone.spot_lambda, lambda_end=cfg.backbone.spot_lambda_end,
+            ref = spot_lambda(step, resolved["spot_lambda"], lambda_end=resolved["spot_lambda_end"],
                               cooling_steps=SPOT_COOLING_STEPS)
             assert value == pytest.approx(ref, rel=1e-6)
 
@@ -528,6 +531,18 @@ def test_offline_checkpoint_of_another_backbone_is_refused(reference_dir, tmp_pa
         run(cfg)
 
 
+def test_offline_checkpoint_of_another_dataset_is_refused(reference_dir, tmp_path, monkeypatch):
+    """``offline.pt`` records the dataset's SHA-256: fine-tuning it on other data (here another
+    generation seed, same name and size) is refused before anything is trained or written."""
+    reference, _ = reference_run("td3", True, reference_dir, monkeypatch)
+    cfg = tiny_cfg(tmp_path / "run", "td3", True)
+    cfg.offline.checkpoint = str(reference.run_dir / "offline.pt")
+    cfg.dataset.generation_seed = 1
+    with pytest.raises(CheckpointMismatchError, match="dataset_hash"):
+        run(cfg)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_corrupt_offline_checkpoint(tmp_path):
     path = tmp_path / "offline.pt"
     path.write_bytes(b"\x80\x02not a zip")
@@ -583,7 +598,7 @@ def test_config_dependencies_are_checked(tmp_path):
     cfg = tiny_cfg(tmp_path / "run")
     cfg.finetune.kappa.kind = "preset"
     cfg.dataset.kind = "no-such-kind"
-    with pytest.raises(ConfigError, match="finetune.kappa.kind"):
+    with pytest.raises(ConfigError, match="dataset.kind='no-such-kind' is not a hopper dataset"):
         run(cfg)
 
 
@@ -668,6 +683,33 @@ def test_functional_steps_resume_exactly(phase, step, tmp_path, monkeypatch):
     assert resumed.history == reference.history
 
 
+def test_adaptive_kappa_moves_with_the_critics_and_resumes_exactly(tmp_path, monkeypatch):
+    """``finetune.kappa.kind=adaptive``: kappa is logged, changes during fine-tuning, and a killed
+    run resumes to the uninterrupted run's history exactly (the averages are checkpointed)."""
+    def cfg_at(path):
+        cfg = tiny_cfg(path, "td3", True)
+        k = cfg.finetune.kappa
+        k.kind, k.init, k.adaptive_min, k.adaptive_max, k.adaptive_rate = "adaptive", 0.5, 0.05, 0.95, 0.2
+        return cfg
+
+    reference = run(cfg_at(tmp_path / "reference"))
+    kappas = [v for _, v in reference.history["finetune/kappa"]]
+    assert len(set(kappas)) > 1 and all(0.05 <= v <= 0.95 for v in kappas)
+    errors = reference.history["finetune/kappa_error_off"], reference.history["finetune/kappa_error_on"]
+    for (_, e_off), (_, e_on), k in zip(*errors, kappas):
+        assert k == pytest.approx(min(max(e_off / (e_off + e_on), 0.05), 0.95), rel=1e-4)
+    cfg = cfg_at(tmp_path / "run")
+    with monkeypatch.context() as mp:
+        _kill_after_checkpoint(mp, "finetune", CHECKPOINT_EVERY)
+        with pytest.raises(_Kill):
+            run(cfg)
+    assert run(cfg).history == reference.history
+    group = cfg_at(tmp_path / "group")
+    group.seeds = [0, 1]
+    with pytest.raises(ConfigError, match="adaptive"):
+        run(group)
+
+
 def test_zero_finetune_steps_takes_no_env_step(tmp_path):
     """``finetune.env_steps=0`` stops after online pre-training: no fine-tuning transition, no update."""
     cfg = tiny_cfg(tmp_path, "td3", True)
@@ -675,3 +717,63 @@ def test_zero_finetune_steps_takes_no_env_step(tmp_path):
     result = run(cfg)
     assert result.summary["updates"]["finetune"] == 0
     assert not any(key.startswith("finetune/") for key in result.history)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation settings of the dataset (Minari's eval_env_spec, as AntMaze datasets carry it)
+# ---------------------------------------------------------------------------------------------
+def dict_hopper(offset: float = 0.0):
+    """Hopper-v5 with AntMaze-shaped dict observations: ``achieved_goal`` (2, shifted by
+    ``offset``), ``observation`` (9), ``desired_goal`` (2, ``offset``)."""
+    import gymnasium as gym
+    import numpy as np
+
+    spaces = {k: gym.spaces.Box(-np.inf, np.inf, (n,), np.float64)
+              for k, n in (("achieved_goal", 2), ("observation", 9), ("desired_goal", 2))}
+    return gym.wrappers.TransformObservation(
+        gym.make("Hopper-v5"),
+        lambda o: {"achieved_goal": o[:2] + offset, "observation": o[2:], "desired_goal": np.full(2, offset)},
+        gym.spaces.Dict(spaces),
+    )
+
+
+def test_evaluation_uses_the_datasets_eval_env_spec(tmp_path):
+    """An AntMaze-shaped dataset (dict observations flattened as [achieved_goal, observation])
+    whose Minari metadata hold an evaluation env spec with other settings: training envs are
+    built from the env id, evaluation envs from that spec, both flattened like the data."""
+    import gymnasium as gym
+    import minari
+    import numpy as np
+    from minari.data_collector import EpisodeBuffer
+
+    from torchrl_opt.env_state import find_resumable_env
+    from torchrl_opt.pipeline.run import build_run
+
+    if "TestDictHopper-v0" not in gym.registry:
+        gym.register("TestDictHopper-v0", entry_point="test_pipeline:dict_hopper", max_episode_steps=1000)
+    eval_spec = dataclasses.replace(gym.spec("TestDictHopper-v0"), kwargs={"offset": 5.0})
+    env = dict_hopper()
+    rng = np.random.default_rng(0)
+    n = 300
+    obs = {k: rng.standard_normal((n + 1, s.shape[0])) for k, s in env.observation_space.spaces.items()}
+    buffer = EpisodeBuffer(id=0, observations=obs, actions=rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+                           rewards=rng.standard_normal(n), terminations=np.zeros(n, bool),
+                           truncations=np.r_[np.zeros(n - 1, bool), True])
+    minari.create_dataset_from_buffers(
+        "test/dicthopper/umaze-v0", [buffer], env="TestDictHopper-v0", eval_env=eval_spec,
+        algorithm_name="test", author="test", author_email="test", code_permalink="test",
+        description="AntMaze-shaped test data",
+    )
+    cfg = tiny_cfg(tmp_path / "run", "td3", False)
+    cfg.dataset.task, cfg.dataset.kind, cfg.dataset.source = "antmaze", "umaze", "local_minari"
+    cfg.dataset.id, cfg.env_id = "test/dicthopper/umaze-v0", "TestDictHopper-v0"
+    run_obj = build_run(cfg)
+    train_env, eval_env = run_obj.envs.make(7), run_obj.envs.make(7, train=False)
+    assert find_resumable_env(train_env).spec.kwargs.get("offset", 0.0) == 0.0
+    assert find_resumable_env(eval_env).spec.kwargs["offset"] == 5.0
+    first_train, first_eval = train_env.reset()["observation"], eval_env.reset()["observation"]
+    assert first_train.shape == first_eval.shape == (11,)  # [achieved_goal, observation]
+    torch.testing.assert_close(first_eval[:2] - first_train[:2], torch.full((2,), 5.0))
+    torch.testing.assert_close(first_eval[2:], first_train[2:])
+    result = run_obj.evaluate(0)
+    assert result["return"].shape == (1,) and "value_bias/q_off" in result

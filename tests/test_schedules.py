@@ -385,3 +385,47 @@ def test_cuda_graph_replay_sees_new_kappa():
         got.append(out.item())
         s.step()
     assert got == pytest.approx([-1.0, -2.0, -3.0, -4.0, -5.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# AdaptiveKappa (an extension: kappa from the critics' online TD errors)
+# ---------------------------------------------------------------------------------------------
+def test_adaptive_kappa_follows_the_rule_by_hand():
+    from torchrl_opt.schedules import AdaptiveKappa
+
+    rate, lo, hi = 0.25, 0.1, 0.9
+    kappa = AdaptiveKappa(0.5, lo, hi, rate)
+    buffer = torch.zeros(())
+    kappa.attach(buffer)
+    assert float(buffer) == 0.5  # init until the first batch with online rows
+    g = torch.Generator().manual_seed(0)
+    e = None
+    for step in range(6):
+        off = torch.rand(2, 8, generator=g) * (1 + step)  # squared TD errors [members, B]
+        on = torch.rand(2, 8, generator=g)
+        online = torch.rand(8, generator=g) < 0.5
+        if step == 2:
+            online[:] = False  # no online rows: nothing moves
+        before = float(buffer)
+        kappa.observe(off, on, online)
+        if not online.any():
+            assert float(buffer) == before
+            continue
+        rows = online.nonzero().flatten().tolist()
+        m = [sum(float(x[:, j].mean()) for j in rows) / len(rows) for x in (off, on)]
+        e = m if e is None else [a + rate * (b - a) for a, b in zip(e, m)]
+        expected = min(max(e[0] / (e[0] + e[1]), lo), hi)
+        assert float(buffer) == pytest.approx(expected, rel=1e-5)
+        assert kappa.errors.tolist() == pytest.approx(e, rel=1e-5)
+    # a large off-critic error pushes kappa to its upper bound
+    kappa.observe(torch.full((2, 8), 1e6), torch.full((2, 8), 1e-6), torch.ones(8, dtype=torch.bool))
+    assert float(buffer) == pytest.approx(hi)
+    # state_dict round trip, into another buffer
+    other, out = AdaptiveKappa(0.5, lo, hi, rate), torch.zeros(())
+    other.attach(out)
+    other.load_state_dict(kappa.state_dict())
+    assert float(out) == float(buffer) and torch.equal(other.errors, kappa.errors)
+    with pytest.raises(KappaScheduleError, match="init"):
+        AdaptiveKappa(0.95, lo, hi)
+    with pytest.raises(KappaScheduleError, match="rate"):
+        AdaptiveKappa(0.5, lo, hi, rate=0.0)

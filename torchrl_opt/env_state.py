@@ -33,7 +33,7 @@ observation). :func:`make_resumable_env`, :func:`env_snapshot` and
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -456,20 +456,47 @@ class ResumableEnv(gym.Wrapper):
 # --------------------------------------------------------------------------------------------
 
 
+def flatten_dict_observation(env: gym.Env, obs_keys: Sequence[str]) -> gym.Env:
+    """``env`` with its dict observations concatenated, in ``obs_keys`` order, into one Box (the
+    layout of the offline data, e.g. D4RL's AntMaze state ``[achieved_goal, observation]``).
+
+    Raises:
+        EnvStateError: ``env``'s observations are not a dict with those keys.
+    """
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Dict) or any(k not in space.spaces for k in obs_keys):
+        raise EnvStateError(
+            f"cannot flatten the observations of {env.spec.id if env.spec else env} by keys "
+            f"{list(obs_keys)}: its observation space is {space}"
+        )
+    parts = [space.spaces[k] for k in obs_keys]
+    box = gym.spaces.Box(
+        np.concatenate([p.low.reshape(-1) for p in parts]), np.concatenate([p.high.reshape(-1) for p in parts]),
+        dtype=np.result_type(*[p.dtype for p in parts]),
+    )
+    keys = tuple(obs_keys)
+    return gym.wrappers.TransformObservation(
+        env, lambda obs: np.concatenate([np.asarray(obs[k]).reshape(-1) for k in keys]).astype(box.dtype), box
+    )
+
+
 def make_resumable_env(
-    env_id: str,
+    env_id: str | gym.envs.registration.EnvSpec,
     *,
     seed: int | None = None,
     device: torch.device | str = "cpu",
     snapshot: Mapping[str, torch.Tensor] | None = None,
+    obs_keys: Sequence[str] | None = None,
     **gym_kwargs: Any,
 ) -> TransformedEnv:
     """``TransformedEnv(GymWrapper(ResumableEnv(gym.make(env_id, **kw))), DoubleToFloat())``.
 
     The same float32 TorchRL env as :func:`torchrl_opt.envs.make_env`, with a
-    :class:`ResumableEnv` as the outermost Gymnasium wrapper. ``seed`` seeds it (a reset with
-    that seed); a ``snapshot`` is then scheduled to be restored by the next ``reset()`` —
-    which a ``Collector`` built over the env performs at construction.
+    :class:`ResumableEnv` as the outermost Gymnasium wrapper. ``env_id`` is a registered id or a
+    Gymnasium ``EnvSpec`` (e.g. a dataset's evaluation spec, with its own kwargs); ``obs_keys``
+    flattens dict observations in that order (:func:`flatten_dict_observation`). ``seed`` seeds it
+    (a reset with that seed); a ``snapshot`` is then scheduled to be restored by the next
+    ``reset()`` — which a ``Collector`` built over the env performs at construction.
 
     Raises:
         ValueError: for an id Gymnasium does not know.
@@ -477,12 +504,12 @@ def make_resumable_env(
     """
     from torchrl.envs import Compose, DoubleToFloat, GymWrapper, TransformedEnv
 
-    if env_id not in gym.registry:
+    if isinstance(env_id, str) and env_id not in gym.registry:
         raise ValueError(f"Unknown Gymnasium environment id {env_id!r}")
-    env = TransformedEnv(
-        GymWrapper(ResumableEnv(gym.make(env_id, **gym_kwargs)), device=device),
-        Compose(DoubleToFloat()),
-    )
+    base = gym.make(env_id, **gym_kwargs)
+    if obs_keys is not None:
+        base = flatten_dict_observation(base, obs_keys)
+    env = TransformedEnv(GymWrapper(ResumableEnv(base), device=device), Compose(DoubleToFloat()))
     if seed is not None:
         env.set_seed(seed)
     if snapshot is not None:

@@ -38,7 +38,33 @@ __all__ = [
     "make_qvalue_ensemble",
     "make_value",
     "bounded_action_spec",
+    "TrainingDropout",
 ]
+
+
+class TrainingDropout(nn.Module):
+    """Dropout with probability ``p`` where the network is trained, identity where it acts.
+
+    Active exactly when gradients are enabled (the loss's forward passes, eager, under
+    ``torch.func.grad`` or compiled); acting, evaluation and value estimates run under
+    ``torch.no_grad`` and see the full network. Unlike ``nn.Dropout`` it does not read
+    ``module.training``, so one module serves the update graphs and the acting graphs without
+    switching modes (a switch would retrace compiled and CUDA-graphed steps).
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p > 0.0 and torch.is_grad_enabled():
+            return nn.functional.dropout(x, self.p, training=True)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def mlp(
@@ -48,8 +74,10 @@ def mlp(
     *,
     layer_norm: bool = False,
     activation: type[nn.Module] = nn.ReLU,
+    dropout: float = 0.0,
 ) -> nn.Sequential:
-    """A plain MLP: ``[Linear -> (LayerNorm) -> activation] * len(hidden) -> Linear``."""
+    """A plain MLP: ``[Linear -> (LayerNorm) -> activation -> (dropout)] * len(hidden) -> Linear``
+    (dropout: :class:`TrainingDropout`, added only for ``dropout > 0``)."""
     layers: list[nn.Module] = []
     last = in_features
     for width in hidden:
@@ -57,6 +85,8 @@ def mlp(
         if layer_norm:
             layers.append(nn.LayerNorm(width))
         layers.append(activation())
+        if dropout > 0.0:
+            layers.append(TrainingDropout(dropout))
         last = width
     layers.append(nn.Linear(last, out_features))
     return nn.Sequential(*layers)
@@ -91,11 +121,12 @@ class DeterministicPolicyNet(nn.Module):
         hidden: Sequence[int] = (256, 256),
         *,
         layer_norm: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         action_low = torch.as_tensor(action_low, dtype=torch.float32)
         action_high = torch.as_tensor(action_high, dtype=torch.float32)
-        self.net = mlp(obs_dim, action_low.numel(), hidden, layer_norm=layer_norm)
+        self.net = mlp(obs_dim, action_low.numel(), hidden, layer_norm=layer_norm, dropout=dropout)
         self.register_buffer("action_scale", (action_high - action_low) / 2)
         self.register_buffer("action_bias", (action_high + action_low) / 2)
 
@@ -119,11 +150,13 @@ def make_td3_actor(
     hidden: Sequence[int] = (256, 256),
     *,
     layer_norm: bool = False,
+    dropout: float = 0.0,
 ) -> Actor:
-    """Deterministic TD3/TD3+BC/SPOT actor: ``observation -> action`` inside ``action_spec``."""
+    """Deterministic TD3/TD3+BC/SPOT actor: ``observation -> action`` inside ``action_spec``
+    (``dropout``: :class:`TrainingDropout` after each hidden layer)."""
     spec = bounded_action_spec(action_spec)
     net = DeterministicPolicyNet(
-        obs_dim, spec.space.low, spec.space.high, hidden, layer_norm=layer_norm
+        obs_dim, spec.space.low, spec.space.high, hidden, layer_norm=layer_norm, dropout=dropout
     )
     return Actor(net, in_keys=["observation"], out_keys=["action"], spec=spec)
 
@@ -135,16 +168,18 @@ def make_gaussian_actor(
     *,
     layer_norm: bool = False,
     scale_lb: float = 1e-4,
+    dropout: float = 0.0,
 ) -> ProbabilisticActor:
     """Stochastic IQL/SAC actor: ``TanhNormal(loc, scale)`` bounded by ``action_spec``.
 
     Its deterministic action (``InteractionType.DETERMINISTIC``) is the squashed mean, used
-    for evaluation.
+    for evaluation. ``dropout``: :class:`TrainingDropout` after each hidden layer (CORL's IQL on
+    Adroit: 0.1), active in the loss, not when acting.
     """
     spec = bounded_action_spec(action_spec)
     action_dim = spec.shape[-1]
     net = nn.Sequential(
-        mlp(obs_dim, 2 * action_dim, hidden, layer_norm=layer_norm),
+        mlp(obs_dim, 2 * action_dim, hidden, layer_norm=layer_norm, dropout=dropout),
         NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=scale_lb),
     )
     module = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "AdaptiveKappa",
     "KappaScheduleError",
     "UnknownKappaPresetError",
     "KappaSchedule",
@@ -317,6 +318,107 @@ class KappaSchedule:
         )
 
 
+class AdaptiveKappa:
+    """Kappa driven by the two critics' measured accuracy on recent online data (an extension of
+    OPT, not the paper's method: the paper sets kappa by hand per dataset family, Appendix H).
+
+    After every critic update, with ``delta_c,i = Q_c,i(s, a) - y_c`` the TD errors of critic
+    ``c``'s members on the batch and ``M`` its online rows (``is_online``)::
+
+        m_c = mean_{i, j in M} delta_c,i(j)^2                   (the critic's error on online data)
+        e_c <- e_c + rate * (m_c - e_c)                         (exponential average; e_c = m_c at first)
+        kappa = clamp(e_off / (e_off + e_on), kappa_min, kappa_max)
+
+    so the critic that fits the online data better gets more weight in the actor's objective
+    (Eq. 4). A batch without online rows changes nothing; until the first one kappa is ``init``.
+    Everything is a device op on tensor state (no host synchronisation), written into the attached
+    buffers in place, like :class:`KappaSchedule`; :meth:`state_dict` holds the averages, so a
+    resumed run continues exactly.
+    """
+
+    def __init__(
+        self, init: float = 0.5, kappa_min: float = 0.1, kappa_max: float = 0.9, rate: float = 0.005,
+        *, device: torch.device | str = "cpu",
+    ) -> None:
+        self.init = _as_kappa("init", init)
+        self.kappa_min = _as_kappa("kappa_min", kappa_min)
+        self.kappa_max = _as_kappa("kappa_max", kappa_max)
+        if not self.kappa_min <= self.init <= self.kappa_max:
+            raise KappaScheduleError(
+                f"need kappa_min <= init <= kappa_max, got {self.kappa_min}, {self.init}, {self.kappa_max}"
+            )
+        rate = _as_number("rate", rate)
+        if not 0.0 < rate <= 1.0:
+            raise KappaScheduleError(f"rate must lie in (0, 1], got {rate}")
+        self.rate = rate
+        self.errors = torch.zeros(2, device=device)  # (e_off, e_on)
+        self.seen = torch.zeros((), dtype=torch.bool, device=device)
+        self.kappa = torch.full((), self.init, device=device)
+        self._targets: list[torch.Tensor] = []
+
+    def value(self, step: int = 0) -> float:
+        """The value before any observation (``init``): what a loss is built with."""
+        return self.init
+
+    @property
+    def current(self) -> float:
+        """The current kappa (a host read: for logging only)."""
+        return float(self.kappa)
+
+    def attach(self, buffer: torch.Tensor) -> AdaptiveKappa:
+        """Register ``buffer`` (e.g. ``OPTLoss.kappa``) and write the current kappa into it."""
+        buffer = _check_buffer(buffer)
+        if not any(buffer is t for t in self._targets):
+            self._targets.append(buffer)
+        self.write()
+        return self
+
+    def write(self) -> None:
+        with torch.no_grad():
+            for target in self._targets:
+                target.copy_(self.kappa)
+
+    def step(self) -> None:
+        """Per environment step: nothing (kappa moves with :meth:`observe`)."""
+
+    @torch.no_grad()
+    def observe(self, td_error_off: torch.Tensor, td_error_on: torch.Tensor, is_online: torch.Tensor) -> None:
+        """Update the averages with one critic update's squared TD errors ``[members, B]`` (or
+        ``[B]``) of ``Q_off`` and ``Q_on`` and the batch's ``is_online`` flags ``[B]``, then kappa."""
+        weight = is_online.reshape(-1).to(self.errors.dtype)
+        count = weight.sum()
+        m = torch.stack([
+            (error.reshape(-1, weight.numel()).mean(0).to(self.errors.dtype) * weight).sum() / count.clamp(min=1)
+            for error in (td_error_off, td_error_on)
+        ])
+        has = count > 0
+        updated = torch.where(self.seen, self.errors + self.rate * (m - self.errors), m)
+        self.errors.copy_(torch.where(has, updated, self.errors))
+        self.seen.logical_or_(has)
+        ratio = self.errors[0] / (self.errors.sum() + 1e-12)
+        kappa = torch.where(self.seen, ratio.clamp(self.kappa_min, self.kappa_max), self.kappa.new_tensor(self.init))
+        self.kappa.copy_(kappa)
+        self.write()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"init": self.init, "kappa_min": self.kappa_min, "kappa_max": self.kappa_max,
+                "rate": self.rate, "errors": self.errors.clone(), "seen": self.seen.clone(),
+                "kappa": self.kappa.clone()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        expected = {"init", "kappa_min", "kappa_max", "rate", "errors", "seen", "kappa"}
+        if set(state_dict) != expected:
+            raise KappaScheduleError(
+                f"bad AdaptiveKappa state_dict: keys {sorted(state_dict)}, expected {sorted(expected)}"
+            )
+        self.init, self.kappa_min = float(state_dict["init"]), float(state_dict["kappa_min"])
+        self.kappa_max, self.rate = float(state_dict["kappa_max"]), float(state_dict["rate"])
+        for name in ("errors", "seen", "kappa"):
+            getattr(self, name).copy_(state_dict[name])
+        self.write()
+
+
+
 # ---------------------------------------------------------------------- Table 15 presets
 def _preset(kappa_init: float, T_decay: int, kappa_end: float) -> Mapping[str, float | int]:
     return MappingProxyType(
@@ -330,6 +432,7 @@ _MUJOCO_MEDIUM_REPLAY = _preset(0.1, 150_000, 0.9)
 _ANTMAZE = _preset(0.1, 100_000, 0.9)
 _ANTMAZE_LARGE_DIVERSE = _preset(0.1, 200_000, 0.9)
 _ADROIT_CLONED = _preset(0.1, 250_000, 0.9)
+
 
 #: OPT paper, Appendix H, Table 15: ``(domain, dataset) -> {kappa_init, kappa_end, T_decay}``.
 #: ``T_decay`` counts online fine-tuning steps; Table 15's "-" (MuJoCo random) is ``T_decay=0``

@@ -496,13 +496,14 @@ class OPTIQLLoss(DualCriticLoss):
         self._check_value_input(tensordict, "value_losses")
         return TensorDict(self._losses(self._value_loss, tensordict, "loss_value"), batch_size=[])
 
-    def qvalue_losses(self, tensordict: TensorDictBase) -> TensorDictBase:
+    def qvalue_losses(self, tensordict: TensorDictBase, *, td_error: bool = False) -> TensorDictBase:
         """The Q step: every twin's TD loss (Eq. 6) under :attr:`qvalue_loss_keys`
-        (``loss_qvalue``, ``loss_qvalue_on``) and its diagnostics, as a TensorDict (no
-        ``td_error``; nothing is written into ``tensordict``)."""
+        (``loss_qvalue``, ``loss_qvalue_on``) and its diagnostics, as a TensorDict; with
+        ``td_error`` also the squared TD errors ``td_error`` (``td_error_on``). Nothing is written
+        into ``tensordict``."""
         self._check_qvalue_input(tensordict, "qvalue_losses")
         return TensorDict(
-            self._losses(self._qvalue_loss, tensordict, "loss_qvalue"), batch_size=[]
+            self._losses(self._qvalue_loss, tensordict, "loss_qvalue", td_error=td_error), batch_size=[]
         )
 
     def value_on_loss(

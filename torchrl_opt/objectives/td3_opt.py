@@ -621,13 +621,18 @@ class OPTLoss(DualCriticLoss):
         )
 
     def qvalue_losses(
-        self, tensordict: TensorDictBase, *, generator: torch.Generator | None = None
+        self,
+        tensordict: TensorDictBase,
+        *,
+        generator: torch.Generator | None = None,
+        td_error: bool = False,
     ) -> TensorDictBase:
         """The critic step of OPT: every critic's TD loss (Eq. 2) with one shared smoothed next
         action, as a TensorDict: :attr:`qvalue_loss_keys` (``loss_qvalue``, ``loss_qvalue_on``) and
-        the critics' diagnostics (no ``td_error``; nothing is written into ``tensordict``)."""
+        the critics' diagnostics; with ``td_error`` also the squared TD errors ``td_error``
+        (``td_error_on``), ``[num_qvalue_nets, *batch]``. Nothing is written into ``tensordict``."""
         return TensorDict(
-            self._critic_outputs(tensordict, generator, False, "qvalue_losses"), batch_size=[]
+            self._critic_outputs(tensordict, generator, td_error, "qvalue_losses"), batch_size=[]
         )
 
     def online_pretrain_loss(

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -53,25 +54,33 @@ POLICY_KINDS = ("deterministic", "stochastic", "explore", "uniform", "epsilon")
 class EnvFactory:
     """The task's TorchRL envs (resumable MuJoCo envs, float32).
 
-    ``make(seed, train=True)`` appends ``RewardScaling(loc=reward_shift)`` (the shift the offline
-    rewards got) to training envs only, and ``ObservationNorm`` with the offline statistics to every
-    env when ``obs_loc`` is given.
+    ``make(seed, train=True)`` builds ``env_id`` for training and ``eval_env_spec`` (a Gymnasium
+    ``EnvSpec``: the dataset's evaluation settings, e.g. AntMaze's fixed reset and goal cells, as
+    Minari datasets store them) for evaluation when given, dict observations flattened in
+    ``obs_keys`` order as the offline data are; appends ``RewardScaling(loc=reward_shift)`` (the
+    shift the offline rewards got) to training envs only, and ``ObservationNorm`` with the offline
+    statistics to every env when ``obs_loc`` is given.
     """
 
     def __init__(
         self,
         env_id: str,
         *,
+        eval_env_spec: Any = None,
+        obs_keys: Sequence[str] | None = None,
         reward_shift: float = 0.0,
         obs_loc: torch.Tensor | None = None,
         obs_scale: torch.Tensor | None = None,
     ) -> None:
         self.env_id = env_id
+        self.eval_env_spec = eval_env_spec
+        self.obs_keys = tuple(obs_keys) if obs_keys is not None else None
         self.reward_shift = float(reward_shift)
         self.obs_loc, self.obs_scale = obs_loc, obs_scale
 
     def make(self, seed: int, *, train: bool = True) -> EnvBase:
-        env = make_resumable_env(self.env_id, seed=seed)
+        which = self.env_id if train or self.eval_env_spec is None else self.eval_env_spec
+        env = make_resumable_env(which, seed=seed, obs_keys=self.obs_keys)
         if train and self.reward_shift != 0.0:
             env.append_transform(RewardScaling(loc=self.reward_shift, scale=1.0))
         if self.obs_loc is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import copy
 from collections.abc import Iterator
 
@@ -37,27 +38,24 @@ from torchrl.objectives.common import LossModule
 
 from torchrl_opt.models import make_gaussian_actor, make_qvalue_ensemble, make_td3_actor, make_value
 from torchrl_opt.objectives.bc import BCLoss
+from torchrl_opt.objectives.cql import EnsembleCQLLoss
 from torchrl_opt.objectives.handover import load_offline
 from torchrl_opt.objectives.iql_opt import OPTIQLLoss
 from torchrl_opt.objectives.meta import MetaAdaptationLoss, OfflineCriticPretraining
 from torchrl_opt.objectives.sac_ensemble import EnsembleSACLoss
 from torchrl_opt.objectives.spot import SPOTVAE, SPOTDensityPenalty, SPOTVAELoss
 from torchrl_opt.objectives.td3_opt import OPTLoss
-from torchrl_opt.pipeline.config import BackboneConfig, RunConfig
+from torchrl_opt.pipeline.config import BackboneConfig, RunConfig, to_run_config
 from torchrl_opt.pipeline.updates import UpdateDef, loss_method
 
 __all__ = [
     "Agent", "SACAgent", "TD3Agent", "make_agent", "sac_update_defs", "seeded_init", "td3_update_defs",
 ]
 
-#: per-backbone defaults of the ``BackboneConfig`` entries left ``None``.
-BACKBONE_DEFAULTS = {
-    "td3": {"actor_layer_norm": False, "critic_layer_norm": False, "num_qvalue_nets": 2},
-    "spot": {"actor_layer_norm": False, "critic_layer_norm": False, "num_qvalue_nets": 2},
-    "iql": {"actor_layer_norm": False, "critic_layer_norm": False, "num_qvalue_nets": 2},
-    "sac": {"actor_layer_norm": False, "critic_layer_norm": True, "num_qvalue_nets": 10},
-}
 UPDATE_KINDS = ("vae", "offline", "bc", "pretrain", "finetune", "critic")
+#: entries of an offline loss the online loss does not have: CQL's action box, uniform density,
+#: weight and Lagrange multiplier (WSRL fine-tunes without the regulariser).
+OFFLINE_ONLY_ENTRIES = ("action_low", "action_high", "uniform_log_density", "cql_alpha", "cql_alpha_params")
 
 
 @contextlib.contextmanager
@@ -90,11 +88,6 @@ class Agent(nn.Module, abc.ABC):
         super().__init__()
         self.run_cfg = cfg
         self.cfg = cfg.backbone
-        defaults = BACKBONE_DEFAULTS[cfg.backbone.name]
-        self.options = {
-            key: default if getattr(cfg.backbone, key) is None else getattr(cfg.backbone, key)
-            for key, default in defaults.items()
-        }
         self.obs_dim = obs_dim
         self.device = torch.device(device)
         self.action_spec = action_spec.to(self.device)
@@ -115,8 +108,8 @@ class Agent(nn.Module, abc.ABC):
         return [
             q.to(self.device)
             for q in make_qvalue_ensemble(
-                self.obs_dim, self.action_dim, count or self.options["num_qvalue_nets"],
-                tuple(self.cfg.hidden), layer_norm=self.options["critic_layer_norm"],
+                self.obs_dim, self.action_dim, count or self.cfg.num_qvalue_nets,
+                tuple(self.cfg.hidden), layer_norm=self.cfg.critic_layer_norm,
             )
         ]
 
@@ -168,7 +161,7 @@ class Agent(nn.Module, abc.ABC):
         with seeded_init(init_seed):
             loss = self._build_online_loss(q_on, fresh_critics, kappa)
         fresh = ("qvalue_off", "target_qvalue_off", "log_alpha") if fresh_critics else ()
-        load_offline(loss, self.offline_loss.state_dict(), fresh=fresh)
+        load_offline(loss, self.offline_loss.state_dict(), fresh=fresh, ignore=OFFLINE_ONLY_ENTRIES)
         self.finetune_loss = loss
         return loss
 
@@ -218,12 +211,12 @@ class TD3Agent(Agent):
     def __init__(self, cfg: RunConfig, obs_dim: int, action_spec: Bounded, device: torch.device) -> None:
         super().__init__(cfg, obs_dim, action_spec, device)
         b, hidden = self.cfg, tuple(self.cfg.hidden)
-        actor_ln = self.options["actor_layer_norm"]
+        actor = {"layer_norm": b.actor_layer_norm, "dropout": b.actor_dropout or 0.0}
         if b.name == "iql":
-            self.actor = make_gaussian_actor(obs_dim, self.action_spec, hidden, layer_norm=actor_ln)
-            self.value_off = make_value(obs_dim, hidden, layer_norm=self.options["critic_layer_norm"])
+            self.actor = make_gaussian_actor(obs_dim, self.action_spec, hidden, **actor)
+            self.value_off = make_value(obs_dim, hidden, layer_norm=b.critic_layer_norm)
         else:
-            self.actor = make_td3_actor(obs_dim, self.action_spec, hidden, layer_norm=actor_ln)
+            self.actor = make_td3_actor(obs_dim, self.action_spec, hidden, **actor)
         self.qvalue_off = nn.ModuleList(self._critics())
         self.vae: SPOTVAE | None = None
         if b.name == "spot":
@@ -250,10 +243,10 @@ class TD3Agent(Agent):
 
     def _make_loss(self, *, online: bool, q_on: bool = False, kappa: float = 0.0) -> LossModule:
         b, hidden = self.cfg, tuple(self.cfg.hidden)
-        critic_ln = self.options["critic_layer_norm"]
+        critic_ln = b.critic_layer_norm
         q_off = [copy.deepcopy(q) for q in self.qvalue_off]
         q_on_nets = self._critics() if q_on else None
-        common = {"num_qvalue_nets": self.options["num_qvalue_nets"], "kappa": kappa,
+        common = {"num_qvalue_nets": b.num_qvalue_nets, "kappa": kappa,
                   "loss_function": b.loss_function}
         if b.name == "iql":
             v_on = make_value(self.obs_dim, hidden, layer_norm=critic_ln).to(self.device) if q_on else None
@@ -277,7 +270,7 @@ class TD3Agent(Agent):
                 bc_alpha=None if b.name == "spot" else bc_alpha, normalize_q=b.name == "spot",
                 actor_penalty=penalty, **common,
             )
-        loss.make_value_estimator(gamma=b.gamma)
+        loss.make_value_estimator(gamma=b.online_gamma if online else b.gamma)
         return loss.to(self.device)
 
     def _build_online_loss(self, q_on: bool, fresh_critics: bool, kappa: float) -> LossModule:
@@ -302,7 +295,8 @@ class TD3Agent(Agent):
             return [UpdateDef("vae", lambda l: l, ("loss_vae",), ("vae_network_params",), self.cfg.vae_lr)]
         if kind == "pretrain":
             return [self._pretrain_def(loss)]
-        return td3_update_defs(loss, self.cfg)
+        adaptive = kind == "finetune" and self.run_cfg.finetune.kappa.kind == "adaptive" and "on" in loss.critics
+        return td3_update_defs(loss, self.cfg, td_error=adaptive)
 
 
 class SACAgent(Agent):
@@ -313,26 +307,45 @@ class SACAgent(Agent):
     def __init__(self, cfg: RunConfig, obs_dim: int, action_spec: Bounded, device: torch.device) -> None:
         super().__init__(cfg, obs_dim, action_spec, device)
         self.actor = make_gaussian_actor(
-            obs_dim, self.action_spec, tuple(self.cfg.hidden), layer_norm=self.options["actor_layer_norm"]
+            obs_dim, self.action_spec, tuple(self.cfg.hidden), layer_norm=self.cfg.actor_layer_norm,
+            dropout=self.cfg.actor_dropout or 0.0,
         ).to(self.device)
-        self.offline_loss = self._make_loss(q_on=False)
+        self.offline_loss = self._make_loss(online=False)
         self.bc_loss = BCLoss(self.actor, self.action_spec).to(self.device)
 
-    def _make_loss(self, *, q_on: bool, kappa: float = 0.0) -> EnsembleSACLoss:
-        b = self.cfg
-        loss = EnsembleSACLoss(
-            self.actor, self._critics(), self._critics() if q_on else None,
-            num_qvalue_nets=self.options["num_qvalue_nets"], num_min_qs=b.num_min_qs,
-            alpha_init=b.alpha_init,
-            target_entropy="auto" if b.target_entropy is None else b.target_entropy,
+    @property
+    def offline_regularizer(self) -> str:
+        """WSRL's offline regulariser (``cql`` / ``calql``), or ``none`` (plain SAC: RLPD, PORL)."""
+        wsrl = self.run_cfg.wsrl
+        return wsrl.offline_regularizer if self.run_cfg.method == "wsrl" else "none"
+
+    def _make_loss(self, *, online: bool, q_on: bool = False, kappa: float = 0.0) -> EnsembleSACLoss:
+        """The ensemble SAC loss (online; offline for RLPD / PORL), or WSRL's CQL / Cal-QL
+        pre-training loss (:class:`~torchrl_opt.objectives.cql.EnsembleCQLLoss`) offline."""
+        b, wsrl = self.cfg, self.run_cfg.wsrl
+        common = dict(
+            num_qvalue_nets=b.num_qvalue_nets, num_min_qs=b.num_min_qs, alpha_init=b.alpha_init,
+            target_entropy=-b.target_entropy_per_dim * self.action_dim if b.target_entropy is None
+            else b.target_entropy,
             action_spec=self.action_spec, backup_entropy=b.backup_entropy,
-            actor_q_reduction=b.actor_q_reduction, loss_function=b.loss_function, kappa=kappa,
+            actor_q_reduction=b.actor_q_reduction, subset_replacement=b.subset_replacement,
+            max_target_backup=b.max_target_backup, loss_function=b.loss_function,
         )
-        loss.make_value_estimator(gamma=b.gamma)
+        if not online and self.offline_regularizer != "none":
+            loss: EnsembleSACLoss = EnsembleCQLLoss(
+                self.actor, self._critics(), cql_alpha=wsrl.cql_alpha, cql_lagrange=wsrl.cql_lagrange,
+                cql_target_action_gap=wsrl.cql_target_action_gap,
+                calibrated=self.offline_regularizer == "calql", **common,
+            )
+        else:
+            loss = EnsembleSACLoss(
+                self.actor, self._critics(), self._critics() if q_on else None, kappa=kappa, **common
+            )
+        loss.make_value_estimator(gamma=b.online_gamma if online else b.gamma)
         return loss.to(self.device)
 
     def _build_online_loss(self, q_on: bool, fresh_critics: bool, kappa: float) -> LossModule:
-        return self._make_loss(q_on=q_on, kappa=kappa)
+        return self._make_loss(online=True, q_on=q_on, kappa=kappa)
 
     def _reduce_critics(self, members: dict[str, torch.Tensor], loss: LossModule) -> dict[str, torch.Tensor]:
         """Each ensemble's mean and min (``q_off_mean``, ``q_off_min``, ...), and ``q_mix``: the
@@ -375,27 +388,31 @@ def _critic_members(loss: LossModule, critic: str, td: TensorDictBase) -> torch.
     return torch.stack(values)
 
 
-def td3_update_defs(loss: LossModule, backbone: BackboneConfig) -> list[UpdateDef]:
+def td3_update_defs(loss: LossModule, backbone: BackboneConfig, *, td_error: bool = False) -> list[UpdateDef]:
     """The update steps of an ``OPTLoss`` / ``OPTIQLLoss``, in the order they run.
 
     TD3/SPOT: ``critic`` (every critic's TD loss, Eq. 2) every update, ``actor`` (Eq. 4) and the
     Polyak target update ``theta' <- tau theta + (1 - tau) theta'`` every ``actor_delay`` updates.
     IQL: ``value`` (expectile regression), ``actor`` (AWR, Eq. 9) and ``qvalue`` (+ targets) every
-    update.
+    update. ``td_error``: the critic step also returns the squared TD errors (adaptive kappa reads
+    them).
     """
     b = backbone
+
+    def critic_fn(l):
+        return functools.partial(l.qvalue_losses, td_error=True) if td_error else l.qvalue_losses
+
     actor = ("actor", lambda l: loss_method(l.actor_loss, "loss_actor"), ("loss_actor",),
              loss.actor_param_names, b.actor_lr)
     if isinstance(loss, OPTIQLLoss):
         return [
             UpdateDef("value", lambda l: l.value_losses, loss.value_loss_keys, loss.value_param_names, b.value_lr),
             UpdateDef(*actor),
-            UpdateDef("qvalue", lambda l: l.qvalue_losses, loss.qvalue_loss_keys, loss.critic_param_names,
+            UpdateDef("qvalue", critic_fn, loss.qvalue_loss_keys, loss.critic_param_names,
                       b.critic_lr, targets="all", tau=b.tau),
         ]
     return [
-        UpdateDef("critic", lambda l: l.qvalue_losses, loss.qvalue_loss_keys, loss.critic_param_names,
-                  b.critic_lr),
+        UpdateDef("critic", critic_fn, loss.qvalue_loss_keys, loss.critic_param_names, b.critic_lr),
         UpdateDef(*actor, every=b.actor_delay, targets="all", tau=b.tau),
     ]
 
@@ -418,6 +435,8 @@ def sac_update_defs(loss: EnsembleSACLoss, backbone: BackboneConfig, *, actor_ev
 
 
 def make_agent(cfg: RunConfig, obs_dim: int, action_spec: Bounded, device: torch.device | str) -> Agent:
-    """The agent of ``cfg.backbone.name`` for the given spaces on ``device``."""
+    """The agent of ``cfg.backbone.name`` for the given spaces on ``device`` (``cfg`` validated, its
+    entries left ``None`` filled from :mod:`torchrl_opt.presets`, in place)."""
+    cfg = to_run_config(cfg)
     cls = SACAgent if cfg.backbone.name == "sac" else TD3Agent
     return cls(cfg, obs_dim, action_spec, torch.device(device))

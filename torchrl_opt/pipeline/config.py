@@ -44,7 +44,9 @@ __all__ = [
     "WSRLConfig",
     "offline_checkpoint_path",
     "register_configs",
+    "resolve_backbone",
     "resolve_device",
+    "resolve_presets",
     "to_run_config",
     "validate",
 ]
@@ -65,7 +67,7 @@ METHOD_BACKBONES = {
     "porl": ("sac",),
 }
 REPLAYS = ("balanced", "symmetric", "online", "uniform")
-KAPPA_KINDS = ("preset", "linear", "constant")
+KAPPA_KINDS = ("preset", "linear", "constant", "adaptive")
 DATASET_SOURCES = ("generated", "minari", "local_minari", "d4rl_hdf5")
 LOGGER_BACKENDS = ("csv", "tensorboard", "wandb", "none")
 GRAPH_BACKENDS = ("tensordict", "torch")
@@ -113,18 +115,23 @@ class BackboneConfig:
     """Networks and per-backbone hyperparameters.
 
     ``name``: ``td3`` (TD3, TD3+BC offline), ``spot``, ``iql`` or ``sac`` (the critic-ensemble SAC of
-    RLPD / WSRL / PORL). Entries left ``None`` take the backbone's default:
-    ``actor_layer_norm`` False; ``critic_layer_norm`` False (``sac``: True, RLPD);
-    ``num_qvalue_nets`` 2 (``sac``: 10).
+    RLPD / WSRL / PORL). Entries left ``None`` take the published setting of the backbone on the
+    task's domain (and of the method: WSRL's agent), from :mod:`torchrl_opt.presets` (CORL's SPOT
+    and IQL, RLPD, WSRL), filled in when the configuration is validated.
     """
 
     name: str = "td3"
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     actor_layer_norm: bool | None = None
     critic_layer_norm: bool | None = None
+    #: dropout after each hidden layer of the actor (CORL's IQL on Adroit: 0.1).
+    actor_dropout: float | None = None
     gamma: float = 0.99
+    #: the online phases' discount (``None``: ``gamma``; CORL's SPOT on AntMaze: 0.995 online, 0.99
+    #: offline).
+    online_gamma: float | None = None
     tau: float = 0.005
-    actor_lr: float = 3e-4
+    actor_lr: float | None = None
     critic_lr: float = 3e-4
     #: the critics' TD loss (the paper and CORL use the squared error; TorchRL's losses default to
     #: ``smooth_l1``, so the pipeline always passes this explicitly).
@@ -142,25 +149,31 @@ class BackboneConfig:
     vae_lr: float = 1e-3
     vae_beta: float = 0.5
     vae_hidden: list[int] = field(default_factory=lambda: [750, 750])
-    spot_lambda: float = 0.25
-    spot_lambda_end: float = 0.2
+    spot_lambda: float | None = None
+    spot_lambda_end: float | None = None
     spot_cooling_steps: int = 1_000_000
     # IQL
-    expectile: float = 0.7
-    temperature: float = 3.0
+    expectile: float | None = None
+    temperature: float | None = None
     value_lr: float = 3e-4
-    # SAC ensemble (RLPD's defaults)
+    # SAC ensemble
     num_min_qs: int = 2
-    alpha_lr: float = 3e-4
+    alpha_lr: float | None = None
     alpha_init: float = 1.0
-    #: ``None``: ``-|A| / 2`` (RLPD).
+    #: an explicit target entropy; ``None``: ``-target_entropy_per_dim * |A|``.
     target_entropy: float | None = None
-    backup_entropy: bool = True
+    #: RLPD: 0.5 (``-|A| / 2``); WSRL: 1.0 (``-|A|``).
+    target_entropy_per_dim: float | None = None
+    backup_entropy: bool | None = None
     #: ``None``: the actor and temperature step once per environment step online (every ``utd``
     #: updates, RLPD), every update offline.
     actor_every: int | None = None
     #: the critic-ensemble reduction the actor maximises: ``mean`` (RLPD) or ``min`` (WSRL).
-    actor_q_reduction: str = "mean"
+    actor_q_reduction: str | None = None
+    #: draw the target critics' pair with replacement (WSRL) or without (RLPD).
+    subset_replacement: bool | None = None
+    #: the TD target's max over sampled next actions of the subset's min (WSRL on AntMaze).
+    max_target_backup: bool | None = None
 
 
 @dataclass
@@ -168,10 +181,12 @@ class OfflineConfig:
     """Phase 1: offline pre-training. ``checkpoint`` reuses a finished phase's ``offline.pt``
     (``{seed}`` in the path stands for the seed) instead of training."""
 
-    steps: int = 1_000_000
+    #: ``None``: 1M (the paper's), WSRL's per-domain length for ``method=wsrl``.
+    steps: int | None = None
     batch_size: int = 256
     checkpoint: str | None = None
-    normalize_observations: bool = False
+    #: ``None``: CORL's choice for IQL (normalised states), off for the others (OEMA's TD3+BC).
+    normalize_observations: bool | None = None
     eval_every: int = 50_000
 
 
@@ -200,13 +215,21 @@ class OnlinePretrainConfig:
 
 @dataclass
 class KappaConfig:
-    """Kappa schedule: ``preset`` (Appendix H for the task/dataset), ``linear`` or ``constant``."""
+    """Kappa schedule: ``preset`` (Appendix H for the task/dataset), ``linear``, ``constant``, or
+    ``adaptive`` (an extension, not the paper's method: kappa follows the critics' measured accuracy
+    on online data, :class:`~torchrl_opt.schedules.AdaptiveKappa`, starting at ``init``, bounded to
+    ``[adaptive_min, adaptive_max]``, averaging at ``adaptive_rate``; one seed, TD3 / SPOT / IQL)."""
 
     kind: str = "preset"
-    init: float = 1.0
+    #: ``None``: 1.0 (``linear``, ``constant``), 0.5 (``adaptive``: equal weight until the critics'
+    #: errors are measured).
+    init: float | None = None
     end: float = 1.0
     t_decay: int = 0
     start: int = 0
+    adaptive_min: float = 0.1
+    adaptive_max: float = 0.9
+    adaptive_rate: float = 0.005
 
 
 @dataclass
@@ -232,8 +255,11 @@ class FinetuneConfig:
 
 @dataclass
 class EvalConfig:
+    """Deterministic evaluation every ``every`` fine-tuning env steps, over ``episodes`` episodes
+    (``None``: 10, the paper's; WSRL's 20 for ``method=wsrl``)."""
+
     every: int = 5_000
-    episodes: int = 10
+    episodes: int | None = None
     max_steps: int = 1000
 
 
@@ -313,6 +339,16 @@ class WSRLConfig:
     warmup_steps: int = 5_000
     utd: int = 4
     warmup_deterministic: bool = False
+    #: the offline phase's regulariser (``None``: the domain's, :data:`torchrl_opt.presets.WSRL_PRESETS`):
+    #: ``cql`` (locomotion), ``calql`` (AntMaze, Adroit) or ``none`` (RLPD-style SAC). Its length is
+    #: ``offline.steps`` (``None``: WSRL's 250k / 1M / 20k).
+    offline_regularizer: str | None = None
+    cql_alpha: float | None = None
+    cql_lagrange: bool | None = None
+    cql_target_action_gap: float | None = None
+    #: Cal-QL's sparse-reward rule: the raw per-step reward of a failed episode (AntMaze 0; the
+    #: dataset's reward shift is added), or ``None`` (dense rewards: no rule).
+    failure_reward: float | None = None
 
 
 @dataclass
@@ -386,6 +422,7 @@ def to_run_config(cfg: Any) -> RunConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(cfg, RunConfig):
+        resolve_presets(cfg)
         validate(cfg)
         return cfg
     if OmegaConf.is_config(cfg):
@@ -400,8 +437,52 @@ def to_run_config(cfg: Any) -> RunConfig:
         where = f"{key}: " if key else ""
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"bad configuration entry {where}{message}") from err
+    resolve_presets(out)
     validate(out)
     return out
+
+
+def resolve_presets(cfg: RunConfig) -> None:
+    """Fill the entries left ``None`` with the published settings of the backbone and method on the
+    task's domain (:mod:`torchrl_opt.presets`), in place; explicit values are kept. Unknown task,
+    backbone or method names are left for :func:`validate` to report."""
+    from torchrl_opt.data.datasets import TASKS
+    from torchrl_opt.objectives.spot import UnknownSPOTPresetError, spot_lambda_preset
+    from torchrl_opt.presets import method_presets
+
+    kappa = cfg.finetune.kappa
+    if kappa.init is None:
+        kappa.init = 0.5 if kappa.kind == "adaptive" else 1.0
+    info = TASKS.get(cfg.dataset.task)
+    b = cfg.backbone
+    if info is None or b.name not in BACKBONES or cfg.method not in METHODS:
+        return
+    if b.name == "spot" and b.spot_lambda is None and info.domain == "antmaze":
+        try:
+            b.spot_lambda = spot_lambda_preset(cfg.dataset.task, cfg.dataset.kind)
+        except UnknownSPOTPresetError as err:
+            raise ConfigError(f"backbone.spot_lambda: no SPOT preset for this dataset, set it ({err})") from err
+    resolve_backbone(b, info.domain, cfg.method)
+    for dotted, value in method_presets(cfg.method, b.name, info.domain).items():
+        section, key = dotted.split(".")
+        if getattr(getattr(cfg, section), key) is None:
+            setattr(getattr(cfg, section), key, value)
+
+
+def resolve_backbone(backbone: BackboneConfig, domain: str | None = None, method: str = "opt") -> BackboneConfig:
+    """Fill ``backbone``'s entries left ``None`` with the published settings of the backbone on
+    ``domain`` for ``method`` (:func:`torchrl_opt.presets.backbone_presets`; ``domain=None``: the
+    backbone's own defaults), in place, and return it; ``online_gamma`` defaults to ``gamma``."""
+    from torchrl_opt.presets import backbone_presets
+
+    if backbone.name not in BACKBONES:
+        raise ConfigError(f"backbone.name={backbone.name!r} is not one of {list(BACKBONES)}")
+    for key, value in backbone_presets(backbone.name, domain, method).items():
+        if getattr(backbone, key) is None:
+            setattr(backbone, key, value)
+    if backbone.online_gamma is None:
+        backbone.online_gamma = backbone.gamma
+    return backbone
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -454,6 +535,7 @@ def _check_all(cfg: RunConfig, checks: list[tuple[str, Any, str]]) -> None:
         "(0,1]": (lambda v: 0 < v <= 1, "must lie in (0, 1]"),
         "[0,1]": (lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
         "(0,1)": (lambda v: 0 < v < 1, "must lie in (0, 1)"),
+        "[0,1)": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
     }
     for key, value, rule in checks:
         ok, message = tests[rule]
@@ -469,11 +551,17 @@ def validate(cfg: RunConfig) -> None:
     """
     check_types(cfg)
     b, ft, op, ds = cfg.backbone, cfg.finetune, cfg.online_pretrain, cfg.dataset
+    from torchrl_opt.data.datasets import TASKS
+
+    if ds.task not in TASKS:
+        raise ConfigError(f"dataset.task={ds.task!r} is not one of {sorted(TASKS)}")
+    if ds.kind not in TASKS[ds.task].kinds:
+        raise ConfigError(f"dataset.kind={ds.kind!r} is not a {ds.task} dataset; one of {list(TASKS[ds.task].kinds)}")
     choices = [
         ("method", cfg.method, METHODS),
         ("backbone.name", b.name, BACKBONES),
         ("backbone.loss_function", b.loss_function, LOSS_FUNCTIONS),
-        ("backbone.actor_q_reduction", b.actor_q_reduction, ACTOR_Q_REDUCTIONS),
+        ("backbone.actor_q_reduction", b.actor_q_reduction, (*ACTOR_Q_REDUCTIONS, None)),
         ("finetune.replay", ft.replay, REPLAYS),
         ("finetune.kappa.kind", ft.kappa.kind, KAPPA_KINDS),
         ("online_pretrain.mode", op.mode, META_MODES),
@@ -484,6 +572,7 @@ def validate(cfg: RunConfig) -> None:
         ("porl.policy_source", cfg.porl.policy_source, PORL_POLICY_SOURCES),
         ("dataset.random_policy", ds.random_policy, RANDOM_POLICIES),
         ("online_pretrain.critic", op.critic, ("q_on", "q_off")),
+        ("wsrl.offline_regularizer", cfg.wsrl.offline_regularizer, (None, "none", "cql", "calql")),
     ]
     for key, value, allowed in choices:
         if value not in allowed:
@@ -518,6 +607,10 @@ def validate(cfg: RunConfig) -> None:
         ("finetune.density_lr", ft.density_lr, ">0"), ("finetune.temperature", ft.temperature, ">0"),
         ("backbone.temperature", b.temperature, ">0"), ("backbone.policy_noise", b.policy_noise, ">0"),
         ("backbone.noise_clip", b.noise_clip, ">0"),
+        ("backbone.target_entropy_per_dim", b.target_entropy_per_dim, ">=0"),
+        ("backbone.actor_dropout", b.actor_dropout, "[0,1)"),
+        ("backbone.online_gamma", b.online_gamma, "(0,1]"),
+("wsrl.cql_alpha", cfg.wsrl.cql_alpha, ">=0"),
         ("rlpd.utd", cfg.rlpd.utd, ">0"), ("wsrl.utd", cfg.wsrl.utd, ">0"),
         ("wsrl.warmup_steps", cfg.wsrl.warmup_steps, ">0"), ("porl.utd", cfg.porl.utd, ">0"),
         ("porl.bc_lr", cfg.porl.bc_lr, ">0"),
@@ -525,6 +618,9 @@ def validate(cfg: RunConfig) -> None:
         ("backbone.spot_lambda_end", b.spot_lambda_end, "[0,1]"),
         ("finetune.kappa.init", ft.kappa.init, "[0,1]"), ("finetune.kappa.end", ft.kappa.end, "[0,1]"),
         ("porl.epsilon", cfg.porl.epsilon, "[0,1]"),
+        ("finetune.kappa.adaptive_min", ft.kappa.adaptive_min, "[0,1]"),
+        ("finetune.kappa.adaptive_max", ft.kappa.adaptive_max, "[0,1]"),
+        ("finetune.kappa.adaptive_rate", ft.kappa.adaptive_rate, "(0,1]"),
         ("rlpd.offline_fraction", cfg.rlpd.offline_fraction, "[0,1]"),
         ("backbone.expectile", b.expectile, "(0,1)"),
     ])
@@ -605,6 +701,20 @@ def _validate_method(cfg: RunConfig) -> None:
             f"porl.presample_steps={cfg.porl.presample_steps} must be >= finetune.batch_size="
             f"{ft.batch_size} (the first pre-sampled transitions fill the first batch)"
         )
+    if uses_q_on and ft.kappa.kind == "adaptive":
+        k = ft.kappa
+        if cfg.seeds is not None and len(cfg.seeds) > 1:
+            raise ConfigError(
+                "finetune.kappa.kind='adaptive' adapts one kappa per run, but a seed group shares one "
+                "kappa buffer among its seeds: run the seeds separately (-m seed=...)"
+            )
+        if b.name == "sac":
+            raise ConfigError("finetune.kappa.kind='adaptive' supports the td3 / spot / iql backbones")
+        if not k.adaptive_min <= k.init <= k.adaptive_max:
+            raise ConfigError(
+                f"finetune.kappa: need adaptive_min <= init <= adaptive_max, got {k.adaptive_min}, "
+                f"{k.init}, {k.adaptive_max}"
+            )
     if uses_q_on and ft.kappa.kind == "preset":
         try:
             kappa_preset_config(cfg.dataset.task, cfg.dataset.kind)

@@ -29,6 +29,7 @@ refused, naming the difference, before anything is written) and a finished run r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -43,6 +44,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from torchrl_opt.analysis.report import write_run_report
 from torchrl_opt.data.datasets import (
+    TASKS,
     DatasetSpec,
     SpaceMismatchError,
     dataset_metadata,
@@ -56,7 +58,7 @@ from torchrl_opt.data.replay import (
     DensityRatioEstimator,
     make_replay,
 )
-from torchrl_opt.data.returns import discounted_return_to_go
+from torchrl_opt.data.returns import discounted_return_to_go, monte_carlo_returns
 from torchrl_opt.data.scores import normalized_score
 from torchrl_opt.data.seed_replay import make_seed_batched_replay
 from torchrl_opt.env_state import env_restore_on_next_reset, env_snapshot
@@ -77,7 +79,7 @@ from torchrl_opt.pipeline.config import RunConfig, offline_checkpoint_path, reso
 from torchrl_opt.pipeline.logging import GroupLogger, RunLogger
 from torchrl_opt.pipeline.phases import collect, finetune, sample_uniform, train_steps
 from torchrl_opt.pipeline.updates import UpdateDef, UpdateEngine, UpdateSpec
-from torchrl_opt.schedules import KappaSchedule, kappa_preset
+from torchrl_opt.schedules import AdaptiveKappa, KappaSchedule, kappa_preset
 
 __all__ = [
     "DensityStep", "FinetuneParts", "Member", "Run", "RunResult", "SeedResult", "init_seed", "load_dataset",
@@ -85,7 +87,7 @@ __all__ = [
 ]
 
 #: what :func:`init_seed` derives initialisation seeds for (the order fixes the derived seeds).
-INIT_PURPOSES = ("online_critics", "density_ratio")
+INIT_PURPOSES = ("online_critics", "density_ratio", "online_batches", "online_rng")
 #: longest seed list spelled out in a run-directory name (longer lists become a digest).
 MAX_SEEDS_IN_NAME = 60
 #: the configuration sections a method's plan reads beyond the shared ones (its fingerprint).
@@ -110,8 +112,6 @@ def init_seed(seed: int, purpose: str) -> int:
 
 def seeds_label(seeds: list[int]) -> str:
     """``"s3"`` for one seed, ``"seeds0-1-2"`` for a group (a digest when very long)."""
-    import hashlib
-
     if len(seeds) == 1:
         return f"s{seeds[0]}"
     label = "-".join(str(s) for s in seeds)
@@ -129,6 +129,12 @@ class PreparedData:
     data: TensorDictBase
     env_id: str
     ref_scores: tuple[float, float] | None
+    #: :func:`dataset_hash` of the data as loaded (before observation normalisation).
+    fingerprint: str = ""
+    #: the dataset's evaluation env (a Gymnasium ``EnvSpec``: Minari's ``eval_env_spec``), or None.
+    eval_env_spec: Any = None
+    #: how the dataset flattened dict observations (AntMaze: ``[achieved_goal, observation]``).
+    obs_keys: tuple[str, ...] | None = None
     obs_loc: torch.Tensor | None = None
     obs_scale: torch.Tensor | None = None
 
@@ -144,8 +150,10 @@ def load_dataset(cfg: RunConfig, device: torch.device) -> PreparedData:
                                     random_policy=ds.random_policy, workers=ds.workers,
                                     progress=cfg.logging.progress)
         spec = DatasetSpec("local_minari", dataset_id, device=str(device))
-    elif ds.source in ("minari", "local_minari"):
-        spec = DatasetSpec(ds.source, ds.id or entry.minari_id, device=str(device))
+    elif ds.source in ("minari", "local_minari"):  # dict observations: the task's order (one place)
+        obs_keys = TASKS[ds.task].obs_keys
+        spec = DatasetSpec(ds.source, ds.id or entry.minari_id, device=str(device),
+                           obs_keys=list(obs_keys) if obs_keys is not None else None)
     else:
         spec = DatasetSpec("d4rl_hdf5", ds.path, env_id=cfg.env_id or entry.env_id, device=str(device))
     data = load_offline_data(spec)
@@ -156,7 +164,19 @@ def load_dataset(cfg: RunConfig, device: torch.device) -> PreparedData:
     ref = None
     if meta.ref_min_score is not None and meta.ref_max_score is not None:
         ref = (meta.ref_min_score, meta.ref_max_score)
-    prepared = PreparedData(data, cfg.env_id or meta.env_id or entry.env_id, ref)
+    eval_spec = None
+    if meta.eval_env_spec:
+        import gymnasium as gym
+
+        eval_spec = gym.envs.registration.EnvSpec.from_json(meta.eval_env_spec)
+    prepared = PreparedData(data, cfg.env_id or meta.env_id or entry.env_id, ref, dataset_hash(data),
+                            eval_spec, TASKS[ds.task].obs_keys)
+    if cfg.method == "wsrl" and cfg.wsrl.offline_regularizer == "calql":
+        # Cal-QL's lower bound: the return-to-go under the offline discount, rewards as trained on
+        failure = cfg.wsrl.failure_reward
+        data.set("mc_return", monte_carlo_returns(
+            data, cfg.backbone.gamma, failure_reward=None if failure is None else failure + ds.reward_shift,
+        ))
     if cfg.offline.normalize_observations:
         obs = data["observation"]
         prepared.obs_loc, prepared.obs_scale = obs.mean(0), obs.std(0) + 1e-3
@@ -176,6 +196,16 @@ def _final_value_bias(history: dict) -> dict[str, dict[str, float]]:
         for key, series in history.items()
         if key.startswith(prefix) and series
     }
+
+
+def dataset_hash(data: TensorDictBase) -> str:
+    """A SHA-256 digest of the offline transitions (every key's values, in key order): runs and
+    ``offline.pt`` files record it, so that a regenerated dataset that differs is refused."""
+    digest = hashlib.sha256()
+    for key in sorted(data.keys(True, True), key=str):
+        digest.update(str(key).encode())
+        digest.update(data.get(key).detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _td_state(td: TensorDictBase) -> dict:
@@ -272,8 +302,9 @@ class FinetuneParts:
     replay: Any
     collector: Any
     density: DensityStep | None
-    kappa: KappaSchedule | None
+    kappa: KappaSchedule | AdaptiveKappa | None
     schedules: list[Callable[[], Any]]
+    observers: list[Callable[[TensorDictBase, dict], None]]
     extra_metrics: Callable[[], dict[str, torch.Tensor]]
     checkpoint_extras: Callable[[], dict[str, Any]]
     start: int = 0
@@ -345,9 +376,11 @@ class Run:
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         prepared = load_dataset(cfg, self.device)
         self.data, self.env_id, self.ref_scores = prepared.data, prepared.env_id, prepared.ref_scores
+        self.dataset_fingerprint = prepared.fingerprint
         self.obs_loc, self.obs_scale = prepared.obs_loc, prepared.obs_scale
         self.envs = EnvFactory(
-            self.env_id, reward_shift=cfg.dataset.reward_shift, obs_loc=self.obs_loc, obs_scale=self.obs_scale
+            self.env_id, eval_env_spec=prepared.eval_env_spec, obs_keys=prepared.obs_keys,
+            reward_shift=cfg.dataset.reward_shift, obs_loc=self.obs_loc, obs_scale=self.obs_scale,
         )
         probe = self.envs.make(self.seeds[0], train=False)
         obs_dim, action_spec = probe.observation_spec["observation"].shape[-1], probe.action_spec
@@ -404,6 +437,7 @@ class Run:
             "method": self.cfg.method,
             "seeds": self.seeds,
             "env_id": self.env_id,
+            "dataset_hash": self.dataset_fingerprint,
             "engine": self.engine.kind,
             "offline": {k: v for k, v in cfg["offline"].items() if k != "eval_every"},
             **{name: cfg[name] for name in sections},
@@ -437,15 +471,21 @@ class Run:
         returns = torch.tensor([[e.ret for e in seed_episodes] for seed_episodes in episodes],
                                dtype=torch.float64).mean(1)
         out = {"return": returns, "normalized_score": normalized_score(cfg.dataset.task, returns, ref=self.ref_scores)}
-        biases = [value_bias(m.agent, seed_episodes, cfg.backbone.gamma, cfg.dataset.reward_shift, self.device)
+        # the discount the critics are trained with in the current phase
+        biases = [value_bias(m.agent, seed_episodes,
+                             cfg.backbone.gamma if m.agent.finetune_loss is None else cfg.backbone.online_gamma,
+                             cfg.dataset.reward_shift, self.device)
                   for m, seed_episodes in zip(self.members, episodes)]
         for key in biases[0]:
             out[key] = torch.tensor([b[key] for b in biases], dtype=torch.float64)
         return out
 
-    def kappa_schedule(self) -> KappaSchedule:
-        """``finetune.kappa``: the Appendix H preset of the task/dataset, ``constant`` or ``linear``."""
+    def kappa_schedule(self) -> KappaSchedule | AdaptiveKappa:
+        """``finetune.kappa``: the Appendix H preset of the task/dataset, ``constant``, ``linear``,
+        or ``adaptive`` (:class:`~torchrl_opt.schedules.AdaptiveKappa`)."""
         k = self.cfg.finetune.kappa
+        if k.kind == "adaptive":
+            return AdaptiveKappa(k.init, k.adaptive_min, k.adaptive_max, k.adaptive_rate, device=self.device)
         if k.kind == "preset":
             return kappa_preset(self.cfg.dataset.task, self.cfg.dataset.kind, start_step=k.start)
         if k.kind == "constant":
@@ -630,6 +670,10 @@ class Run:
         for m in self.members:
             m.agent.start_online(q_on=phase.q_on, fresh_critics=phase.fresh_critics, kappa=kappa,
                                  init_seed=init_seed(m.seed, "online_critics"))
+            m.generator.manual_seed(init_seed(m.seed, "online_batches"))
+        # the online phases draw from a state that does not depend on the offline ones, so that
+        # fine-tuning from offline.pt reproduces a run that trained offline itself
+        torch.manual_seed(init_seed(self.seeds[0], "online_rng") + len(self.seeds) - 1)
         self._acting_kind = "finetune"
 
     def _envs(self, offset: int, resume: dict | None) -> list:
@@ -695,6 +739,13 @@ class Run:
         penalties = [getattr(loss, "actor_penalty", None) for loss in losses]
         schedules: list[Callable[[], Any]] = [kappa.step] if kappa is not None else []
         schedules += [p.step for p in penalties if p is not None and hasattr(p, "step")]
+        observers = []
+        if isinstance(kappa, AdaptiveKappa):
+            def observe(sample: TensorDictBase, metrics: dict) -> None:
+                critic = next(out for out in metrics.values() if "td_error_on" in out.keys())
+                kappa.observe(critic["td_error"], critic["td_error_on"], sample["is_online"])
+
+            observers.append(observe)
         envs = self._envs(phase.env_offset, resume)
         collector = make_collector(
             envs, self.policies, phase.policy, frames_per_batch=1, device=self.device,
@@ -720,6 +771,8 @@ class Run:
             out: dict[str, torch.Tensor] = {}
             if kappa is not None:
                 out["kappa"] = template.kappa.detach().clone()
+            if isinstance(kappa, AdaptiveKappa):  # the averaged online TD errors behind it
+                out["kappa_error_off"], out["kappa_error_on"] = kappa.errors.clone().unbind(0)
             penalty = penalties[0]
             if penalty is not None and isinstance(getattr(penalty, "lambda_", None), torch.Tensor):
                 out["spot_lambda"] = penalty.lambda_.detach().clone()
@@ -737,8 +790,8 @@ class Run:
                 out["pending_action"] = collector.pending_action()
             return out
 
-        return FinetuneParts(specs, replay, collector, density, kappa, schedules, extra_metrics,
-                             checkpoint_extras, start, update_count)
+        return FinetuneParts(specs, replay, collector, density, kappa, schedules, observers,
+                             extra_metrics, checkpoint_extras, start, update_count)
 
     def finetune(self, phase, resume: dict | None) -> None:
         """A :class:`~torchrl_opt.pipeline.plans.Finetune` phase."""
@@ -754,7 +807,8 @@ class Run:
             parts.updates, parts.replay, parts.collector, phase.env_steps, phase.utd,
             name=phase.name, logger=self.logger, log_every=cfg.logging.log_every,
             evaluate=self.evaluate if phase.evaluate else None, eval_every=cfg.eval.every,
-            density=parts.density, schedules=parts.schedules, extra_metrics=parts.extra_metrics,
+            density=parts.density, schedules=parts.schedules, observers=parts.observers,
+            extra_metrics=parts.extra_metrics,
             start=parts.start, update_count=parts.update_count, on_checkpoint=on_checkpoint,
             checkpoint_every=cfg.checkpoint.every,
         )
@@ -791,6 +845,7 @@ class Run:
     def _offline_meta(self, agent: Agent) -> dict[str, Any]:
         return json.loads(json.dumps({
             "env_id": self.env_id,
+            "dataset_hash": self.dataset_fingerprint,
             "backbone": dataclasses.asdict(self.cfg.backbone),
             "obs_dim": agent.obs_dim,
             "action_dim": agent.action_dim,

@@ -167,6 +167,7 @@ def finetune(
     eval_every: int = 0,
     density: Callable[[Any, TensorDictBase], torch.Tensor] | None = None,
     schedules: Sequence[Callable[[], None]] = (),
+    observers: Sequence[Callable[[TensorDictBase, dict], None]] = (),
     extra_metrics: Callable[[], dict[str, torch.Tensor]] | None = None,
     start: int = 0,
     update_count: int = 0,
@@ -177,8 +178,9 @@ def finetune(
 
     Per environment step: store the transition, advance the ``schedules`` (kappa, SPOT's lambda),
     then ``utd`` updates (each spec when due, counted over updates: TD3's delayed actor), each
-    followed by the density-ratio step when replay is balanced. ``extra_metrics()`` (the schedules'
-    values, balanced replay's online share) are logged with the losses.
+    followed by ``observer(sample, metrics)`` (adaptive kappa) and the density-ratio step when
+    replay is balanced. ``extra_metrics()`` (the schedules' values, balanced replay's online share)
+    are logged with the losses.
     """
     logger.start_phase(name, env_steps, start)
     metrics: dict = {}
@@ -195,6 +197,8 @@ def finetune(
             for _ in range(utd):
                 sample = replay.sample()
                 run_updates(updates, sample, update_count, metrics)
+                for observer in observers:
+                    observer(sample, metrics)
                 if density is not None:
                     metrics["density"] = TensorDict(loss_density=density(replay, sample))
                 update_count += 1

@@ -28,6 +28,7 @@ With ``frames_per_batch=1`` and ``optim_steps_per_batch=utd`` the trainer does e
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +47,7 @@ from torchrl_opt.objectives.iql_opt import OPTIQLLoss
 from torchrl_opt.objectives.sac_ensemble import EnsembleSACLoss
 from torchrl_opt.objectives.handover import load_offline
 from torchrl_opt.pipeline.agents import sac_update_defs, td3_update_defs
-from torchrl_opt.pipeline.config import AccelerationConfig, BackboneConfig, RunConfig, to_run_config
+from torchrl_opt.pipeline.config import AccelerationConfig, BackboneConfig, RunConfig, resolve_backbone, to_run_config
 from torchrl_opt.pipeline.context import DensityStep, FinetuneParts, Run
 from torchrl_opt.pipeline.phases import merge_metrics, run_updates
 from torchrl_opt.pipeline.plans import Finetune, StartOnline
@@ -87,6 +88,7 @@ def make_update_specs(
     if backbone is None:
         name = "iql" if isinstance(loss, OPTIQLLoss) else "sac" if isinstance(loss, EnsembleSACLoss) else "td3"
         backbone = BackboneConfig(name=name)
+    backbone = resolve_backbone(copy.deepcopy(backbone))
     device = torch.device(device) if device is not None else next(loss.parameters()).device
     engine = UpdateEngine(1, device, acceleration or AccelerationConfig())
     if isinstance(loss, EnsembleSACLoss):
@@ -120,6 +122,8 @@ class OPTOptimizationStepper(OptimizationStepper):
 
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
         run_updates(self.updates, sub_batch, self.update_count, self._metrics)
+        for observer in self.trainer.parts.observers:  # adaptive kappa
+            observer(sub_batch, self._metrics)
         self.update_count += 1
         return merge_metrics(self._metrics).clone()
 
@@ -458,7 +462,7 @@ class OPTTrainer(Trainer):
             if not updates or not all(isinstance(u, UpdateSpec) for u in updates):
                 raise TrainerConfigError(f"updates must be a non-empty list of UpdateSpec, got {updates!r}")
             parts = FinetuneParts(updates, p["replay"], collector, p["density"], p["kappa"],
-                                  p["schedules"], dict, dict)
+                                  p["schedules"], [], dict, dict)
         self.parts_ = parts
         self.replay_buffer = parts.replay
         if self.update_weights_interval > 0 and "update_weights" not in self._modules:
