@@ -471,17 +471,3 @@ def test_public_names_resolve():
     for name in ("write_run_report", "collect_runs", "aggregate", "write_analysis", "SEED_LIKE_KEYS",
                  "probability_of_improvement", "performance_profiles", "write_synthetic_runs"):
         assert re.search(rf"\b{name}\b", DOCS.read_text()), name
-
-
-
-def test_analysis_guide_python_blocks_run(tmp_path, monkeypatch):
-    """docs/analysis.md's python blocks run in order in one namespace (they build their own runs)."""
-    blocks = re.findall(r"^```python\n(.*?)^```", DOCS.read_text(), flags=re.M | re.S)
-    assert len(blocks) >= 3
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "docs_analysis_md"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SkippedRunWarning)
-        for i, code in enumerate(blocks):
-            exec(compile(code, f"docs/analysis.md python block {i}", "exec"), namespace)
-    assert Path(namespace["report"]).is_file()

@@ -1,8 +1,6 @@
 """Offline-dataset loading: round trips across sources, layout invariants, validation errors."""
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -511,21 +509,3 @@ def test_data_guide_names_import_from_torchrl_opt_data():
         assert name in data_pkg.__all__ and hasattr(data_pkg, name), name
     assert data_pkg.ensure_dataset is ensure_dataset  # the lazy export is the real function
     assert issubclass(data_pkg.ActionOutOfBoundsError, data_pkg.SpaceMismatchError)
-
-
-def test_data_guide_python_blocks_run(monkeypatch):
-    """The guide's python blocks run in order in one namespace (it builds a 2000-row dataset)."""
-    blocks = re.findall(r"^```python\n(.*?)^```", DOCS.read_text(), flags=re.M | re.S)
-    assert len(blocks) >= 7
-    monkeypatch.setenv("MINARI_DATASETS_PATH", "unset-by-the-guide")  # restored afterwards
-    namespace: dict = {"__name__": "docs_data_md"}
-    try:
-        for i, code in enumerate(blocks):
-            exec(compile(code, f"docs/data.md python block {i}", "exec"), namespace)
-    finally:
-        root = os.environ["MINARI_DATASETS_PATH"]
-        if root != "unset-by-the-guide":
-            shutil.rmtree(root, ignore_errors=True)
-    replay = namespace["replay"]
-    assert replay.num_online == 100 and replay.strategy == "balanced"
-    assert len(namespace["shares"]) == 21

@@ -811,9 +811,10 @@ def load_offline_data(
     Args:
         spec: a :class:`DatasetSpec`, a mapping of its fields (e.g. a Hydra config) or a local
             Minari id.
-        observation_space, action_space: spaces to validate against (Gymnasium spaces or TorchRL
-            specs, e.g. ``env.observation_spec``); default: the env's (``spec.env_id`` or the
-            dataset's env), or the dataset's declared spaces when the env is not installed.
+        observation_space: space to validate observations against (a Gymnasium space or a
+            TorchRL spec, e.g. ``env.observation_spec``); default: the env's (``spec.env_id`` or
+            the dataset's env), or the dataset's declared space when the env is not installed.
+        action_space: the same for actions (e.g. ``env.action_spec``).
         **overrides: replace fields of ``spec``.
 
     Returns:
@@ -823,8 +824,8 @@ def load_offline_data(
         ``next/done`` (bool, ``[N, 1]``): see the module docstring.
 
     Raises:
-        UnknownDatasetError, DatasetFormatError, SpaceMismatchError, ActionOutOfBoundsError,
-        NonFiniteDataError.
+        DatasetError: its subclasses ``UnknownDatasetError``, ``DatasetFormatError``,
+            ``SpaceMismatchError``, ``ActionOutOfBoundsError``, ``NonFiniteDataError``.
     """
     spec = _coerce_spec(spec, overrides)
     data, _, obs_space, act_space, obs_keys = _load(spec)

@@ -104,7 +104,8 @@ class EnsembleCQLLoss(EnsembleSACLoss):
         cql_temperature: ``T`` (default 1.0).
         importance_sample: subtract the proposals' log-densities (CQL(H) as in the code; default
             True). False: WSRL's variant with the data action in the logsumexp.
-        cql_clip_diff_min, cql_clip_diff_max: clip of ``gap`` (default unbounded, as all sources).
+        cql_clip_diff_min: lower clip of ``gap`` (default unbounded, as all sources).
+        cql_clip_diff_max: upper clip of ``gap`` (default unbounded).
         cql_critic_subsample: ``m`` members regularised per update (drawn like the TD subset, with or
             without replacement), or ``None`` for all. Default 2 (WSRL's ``--use_redq``).
         calibrated: Cal-QL's lower bound from ``tensor_keys.mc_return`` (default False: CQL).
@@ -114,11 +115,13 @@ class EnsembleCQLLoss(EnsembleSACLoss):
         cql_lagrange_form: ``"softplus"`` (WSRL, default) or ``"exp"`` (Cal-QL's repository).
         cql_target_action_gap: ``tau_gap`` of the Lagrange form (WSRL/Cal-QL AntMaze: 0.8; default 1.0).
         cql_alpha_init: initial ``softplus(theta)`` / ``exp(theta)`` (default 1.0, WSRL; Cal-QL: ``e``).
-        subset_replacement, actor_q_reduction, target_entropy, backup_entropy, max_target_backup:
-            as :class:`EnsembleSACLoss`, with WSRL's CQL defaults (True, ``"min"``, ``"-action_dim"``,
-            False, True).
+        subset_replacement: as :class:`EnsembleSACLoss`; WSRL's CQL default True.
+        actor_q_reduction: as :class:`EnsembleSACLoss`; WSRL's CQL default ``"min"``.
+        target_entropy: as :class:`EnsembleSACLoss`; WSRL's CQL default ``"-action_dim"``.
+        backup_entropy: as :class:`EnsembleSACLoss`; WSRL's CQL default False.
+        max_target_backup: as :class:`EnsembleSACLoss`; WSRL's CQL default True.
         num_backup_actions: next actions of the max-target backup (default: ``num_cql_actions``).
-        **kwargs: the other :class:`EnsembleSACLoss` options (``num_qvalue_nets``, ``num_min_qs``,
+        **kwargs (Any): the other :class:`EnsembleSACLoss` options (``num_qvalue_nets``, ``num_min_qs``,
             ``alpha_init``, ``fixed_alpha``, ``action_spec``, ``loss_function``, ``reduction``,
             ``generator``, ``deactivate_vmap``). There is no ``Q_on``: CQL and Cal-QL are offline
             pre-training losses here.

@@ -60,7 +60,8 @@ class MetaAdaptationLoss(LossModule):
             inner step).
         alpha: inner SGD step size. Default 3e-4.
         loss_ratio_weighting: weight the online term by ``min(L_off, L_on) / L_on`` (detached).
-        offline_key, online_key: sub-tensordicts of the input holding the two batches.
+        offline_key: sub-tensordict of the input holding the offline batch.
+        online_key: sub-tensordict of the input holding the online batch.
 
     Input: a tensordict with ``offline_key`` and ``online_key`` entries, each a batch in TorchRL's
     transition layout: ``TensorDict(offline=batch_from_B_off, online=batch_from_B_on)`` (the

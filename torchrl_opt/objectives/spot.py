@@ -113,11 +113,13 @@ class SPOTVAE(nn.Module):
     Args:
         obs_dim: observation size.
         action_dim: action size.
-        action_low, action_high: action box (tensors/sequences of size ``action_dim`` or
-            scalars); both ``None`` for an unbounded decoder. Default ``-1, 1``.
+        action_low: lower bound of the action box (a tensor/sequence of size ``action_dim`` or a
+            scalar); ``None`` with ``action_high=None`` for an unbounded decoder. Default ``-1``.
+        action_high: upper bound of the action box. Default ``1``.
         hidden: hidden widths, default ``(750, 750)``.
         latent_dim: latent size, default ``2 * action_dim``.
-        log_std_min, log_std_max: clamp of the encoder's ``log_sigma``.
+        log_std_min: lower clamp of the encoder's ``log_sigma``.
+        log_std_max: upper clamp of the encoder's ``log_sigma``.
         prior_clip: clip of prior latent samples in :meth:`decode`.
     """
 
@@ -447,7 +449,8 @@ class SPOTDensityPenalty(nn.Module):
         beta: KL weight inside ``negELBO`` (default 0.5, SPOT's ``--beta``).
         num_samples: latent samples per pair (default 1, SPOT's ``--num_samples``).
         freeze: set the VAE's ``requires_grad`` to ``False`` and put it in eval mode.
-        observation_key, action_key: keys read from the input tensordict.
+        observation_key: observation key read from the input tensordict.
+        action_key: action key read from the input tensordict.
     """
 
     def __init__(
