@@ -195,10 +195,26 @@ def test_ensure_dataset_reuses_cache(root, monkeypatch):
     b = ensure_dataset("hopper", "random", size=30, seed=2, progress=False)
     assert a == b == "torchrl-opt/hopper/random-n30-seed2-v0"
     assert len(calls) == 1
+
+    # a parallel job that found the dataset missing, generated it too and lost the race to move it
+    # into place: generate_dataset refuses, and ensure_dataset returns the winner's dataset
+    real_exists, first_look_misses = gen._dataset_exists, []
+
+    def exists(dataset_id):  # ensure_dataset's first look misses it once per entry in the list
+        return False if first_look_misses and first_look_misses.pop() else real_exists(dataset_id)
+
+    monkeypatch.setattr(gen, "_dataset_exists", exists)
+    first_look_misses.append(True)
+    assert ensure_dataset("hopper", "random", size=30, seed=2, progress=False) == a
+    assert len(calls) == 2  # it did try to generate
+
     meta_path = root / a / "torchrl_opt_metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["seed"] = 99
     meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetExistsError, match="built with"):
+        ensure_dataset("hopper", "random", size=30, seed=2)
+    first_look_misses.append(True)  # the race against a dataset built differently still fails
     with pytest.raises(DatasetExistsError, match="built with"):
         ensure_dataset("hopper", "random", size=30, seed=2)
 

@@ -1047,28 +1047,43 @@ def ensure_dataset(task: str, kind: str, size: int | None = None, seed: int = 0,
     dataset of that id built differently raises :class:`DatasetExistsError` (regenerate it with
     ``overwrite=True``). ``workers`` is not part of the identity (the data do not depend on it).
     ``kwargs`` go to :func:`generate_dataset`.
+
+    Concurrent callers (the jobs of a parallel sweep that all find the dataset missing) all
+    generate it; the first to finish moves it into place, and every other one then finds it
+    there, checks its metadata as above and returns its id instead of failing.
     """
     _check_random_policy(random_policy)
     requested = None if kind == "medium-replay" else (DEFAULT_SIZE if size is None else size)
     dataset_id = kwargs.pop("dataset_id", None) or generated_dataset_id(
         task, kind, size=requested, seed=seed, random_policy=random_policy
     )
-    if _dataset_exists(dataset_id) and not kwargs.get("overwrite", False):
-        meta_path = minari_root() / dataset_id / METADATA_FILE
-        found = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        wanted = {"task": task, "kind": kind, "seed": seed, "size_requested": requested}
-        if kind == "random":
-            wanted.update(random_policy=random_policy, chunk_steps=DEFAULT_CHUNK_STEPS)
-        got = {k: found.get(k) for k in wanted}
-        if got != wanted:
-            raise DatasetExistsError(
-                f"Dataset {dataset_id!r} exists but was built with {got}, not {wanted}; "
-                "regenerate it with overwrite=True"
-            )
+    wanted = {"task": task, "kind": kind, "seed": seed, "size_requested": requested}
+    if kind == "random":
+        wanted.update(random_policy=random_policy, chunk_steps=DEFAULT_CHUNK_STEPS)
+    overwrite = kwargs.get("overwrite", False)
+    if _dataset_exists(dataset_id) and not overwrite:
+        _check_cached(dataset_id, wanted)
         return dataset_id
-    generate_dataset(task, kind, size=requested, seed=seed, dataset_id=dataset_id,
-                     random_policy=random_policy, workers=workers, **kwargs)
+    try:
+        generate_dataset(task, kind, size=requested, seed=seed, dataset_id=dataset_id,
+                         random_policy=random_policy, workers=workers, **kwargs)
+    except DatasetExistsError:
+        if overwrite or not _dataset_exists(dataset_id):
+            raise
+        _check_cached(dataset_id, wanted)  # another process finished the same dataset first
     return dataset_id
+
+
+def _check_cached(dataset_id: str, wanted: dict[str, Any]) -> None:
+    """Raise :class:`DatasetExistsError` unless the cached dataset's metadata records ``wanted``."""
+    meta_path = minari_root() / dataset_id / METADATA_FILE
+    found = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    got = {k: found.get(k) for k in wanted}
+    if got != wanted:
+        raise DatasetExistsError(
+            f"Dataset {dataset_id!r} exists but was built with {got}, not {wanted}; "
+            "regenerate it with overwrite=True"
+        )
 
 
 # --------------------------------------------------------------------------------------------
