@@ -1,6 +1,12 @@
-"""Small builders shared by the loss tests: tiny specs, networks and transition batches."""
+"""Small builders shared by the tests: tiny specs, networks and transition batches, and the
+recipes' scripts imported as modules."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from tensordict import TensorDict
@@ -46,3 +52,24 @@ def grads_of(params) -> list[torch.Tensor | None]:
 def zero_grads(module: torch.nn.Module) -> None:
     for p in module.parameters():
         p.grad = None
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """Import the script ``path`` as the module ``name``, once per test session: its folder on
+    ``sys.path`` while it imports, as ``python path`` has it, and registered in ``sys.modules``
+    (dataclasses look their module up while being defined). ``recipes/opt.py`` registers its
+    config schema and resolvers as it imports."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

@@ -49,7 +49,6 @@ import argparse
 import ast
 import contextlib
 import importlib
-import importlib.util
 import inspect
 import io
 import os
@@ -72,6 +71,8 @@ import torch
 import yaml
 from markdown_it import MarkdownIt
 from packaging.requirements import Requirement
+
+from _helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -404,13 +405,6 @@ def commands(block: Block) -> list[list[str]]:
     return out
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("docs_opt_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # registers the schema and the resolvers
-    return module
-
-
 HYDRA_FLAGS = {"-m", "--multirun", "--help", "-h", "--resolve", "--info", "--hydra-help"}
 
 
@@ -570,30 +564,11 @@ def check_analysis(args: list[str], ctx: "CommandContext") -> None:
     ctx.analysed += 1
 
 
-def _script(name: str, path: Path) -> Any:
-    """Import a script as a module (once): its folder on ``sys.path`` while it imports, as
-    ``python path`` has it, and registered in ``sys.modules`` (dataclasses need that)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
-
-
 def check_benchmark(script: str, args: list[str], ctx: "CommandContext") -> None:
     """The script exists and its own parser accepts the arguments (the benchmark is not run)."""
     path = ROOT / script
     assert path.is_file(), f"{script} does not exist"
-    parsed_args(_script(f"docs_{path.stem}", path).main, args, script)
+    parsed_args(load_script(f"docs_{path.stem}", path).main, args, script)
     ctx.parsed += 1
 
 
@@ -602,7 +577,7 @@ def check_reproduce(args: list[str], ctx: "CommandContext") -> None:
     running it (a plan alone takes seconds): the suite loads (``load_suite``), every option is one
     of the runner's ``OPTIONS``, the launcher one of its ``LAUNCHERS``, every unit of ``units=`` is
     the suite's, and the recipe overrides after ``--`` compose with that launcher's preset."""
-    module = _script("docs_reproduce", ROOT / "recipes" / "reproduce.py")
+    module = load_script("reproduce_runner", ROOT / "recipes" / "reproduce.py")
     cut = args.index("--") if "--" in args else len(args)
     head, extra = args[:cut], args[cut + 1:]
     words = [a for a in head if "=" not in a]
@@ -710,7 +685,7 @@ def check_command(argv: list[str], ctx: CommandContext) -> None:
 
 @pytest.fixture(scope="module")
 def recipe():
-    return _load_recipe()
+    return load_script("opt_recipe", RECIPE)
 
 
 @pytest.mark.parametrize("path", BASH_PAGES, ids=_ids(BASH_PAGES))

@@ -1,6 +1,7 @@
 """Dataset generation: random collection, medium / medium-replay / expert logic with a fake
 behaviour trainer, atomic writes, caching and the CLI."""
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -245,7 +246,6 @@ def test_cli_module_entry_point(root):
 # --------------------------------------------------------------------------------------------
 # Random policies and parallel (chunked) random collection
 # --------------------------------------------------------------------------------------------
-import multiprocessing  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
@@ -405,15 +405,29 @@ def test_make_init_policy_seeded_and_rng_neutral():
     assert out.abs().max() <= gen.INIT_OUTPUT_SCALE
 
 
-def test_worker_error_surfaces_as_one_exception():
+class _RecordingPool(concurrent.futures.ProcessPoolExecutor):
+    """A process pool that keeps every worker process it starts (to check they were joined)."""
+
+    started: list = []
+
+    def _spawn_process(self):
+        super()._spawn_process()
+        _RecordingPool.started.extend(p for p in self._processes.values() if p not in _RecordingPool.started)
+
+
+def test_worker_error_surfaces_as_one_exception(monkeypatch):
     bad = make_init_policy(ENV_ID, 0)
     with torch.no_grad():
         [m for m in bad.modules() if isinstance(m, torch.nn.Linear)][-1].bias.fill_(float("nan"))
-    before = set(multiprocessing.active_children())
+    # only this pool's workers: other libraries (inductor's compile pool) may start processes meanwhile
+    monkeypatch.setattr(gen._futures, "ProcessPoolExecutor", _RecordingPool)
+    monkeypatch.setattr(_RecordingPool, "started", [])
     for workers in (2, 1):
         with pytest.raises(GenerationError, match="chunk 0 failed.*non-finite action"):
             _collect("init", workers=workers, policy=bad)
-    assert set(multiprocessing.active_children()) <= before  # the pool's workers were joined
+    workers = _RecordingPool.started
+    assert workers, "the collection with workers=2 started a pool"
+    assert all(not p.is_alive() and p.exitcode is not None for p in workers)  # the pool's workers were joined
     wrong = make_init_policy("Walker2d-v5", 0)  # 17-d observations: rejected before any worker
     with pytest.raises(GenerationError, match="cannot read"):
         _collect("init", workers=2, policy=wrong)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+
+from _helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "opt.py"
@@ -40,14 +41,7 @@ TINY = [
 ]
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("opt_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = load_recipe()
+recipe = load_script("opt_recipe", RECIPE)
 
 
 def recipe_env(minari: Path, **extra: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ run of the recipe as a subprocess writes ``summary.json`` (``-k "not subprocess"
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from _helpers import load_script
 from torchrl_opt.pipeline.config import RunConfig
 from torchrl_opt.schedules import KappaSchedule, kappa_preset
 
@@ -29,14 +29,7 @@ RECIPE = REPO / "recipes" / "opt.py"
 CONFIG_DIR = REPO / "recipes" / "config"
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("opt_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # registers the schema and the resolvers
-    return module
-
-
-recipe = _load_recipe()
+recipe = load_script("opt_recipe", RECIPE)  # registers the schema and the resolvers
 
 # ---------------------------------------------------------------- expected values (hand-copied)
 # Appendix H, Table 15: (kappa_init, T_decay, kappa_end); MuJoCo random "-" = constant 1.0.

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from _helpers import load_script
 from test_launchers import generated_minari, recipe, recipe_env
 from torchrl_opt.pipeline.config import offline_checkpoint_path
 
@@ -34,16 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "recipes" / "reproduce.py"
 CONFIG_DIR = REPO / "recipes" / "config"
 
-
-def _load_runner():
-    spec = importlib.util.spec_from_file_location("reproduce_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
-runner = _load_runner()
+runner = load_script("reproduce_runner", RUNNER)
 
 
 def _reproduce(cwd: Path, minari: Path, *args: str) -> subprocess.CompletedProcess:
