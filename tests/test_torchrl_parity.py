@@ -3,14 +3,17 @@
 Both sides are built from deep copies of the same modules (a *list* of critics, so that both stack
 the same weights instead of re-drawing them), with the same perturbed target parameters and the
 same smoothing noise. Compared: every out key, loss value, gradient, the ``(loss, metadata)``
-methods, the ``td_error`` priority written into the input and, when TorchRL's C++ extension loads,
-the priorities a ``TensorDictPrioritizedReplayBuffer`` ends up with.
+methods, the ``td_error`` priority written into the input and the priorities a
+``TensorDictPrioritizedReplayBuffer`` ends up with (on TorchRL's C++ sum-tree when its extension
+loads, else on a plain NumPy segment tree with the same interface: the buffer's Python code, which
+reads ``td_error`` and applies ``(p + eps) ** alpha``, is TorchRL's either way).
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from _helpers import ACT_DIM, OBS_DIM, action_spec, transition_batch
@@ -297,12 +300,61 @@ def _torchrl_extension_error() -> str | None:
     return None
 
 
-@pytest.mark.skipif(
-    _torchrl_extension_error() is not None,
-    reason="TorchRL's C++ extension (torchrl._torchrl, the sum tree of PrioritizedSampler) cannot "
-    f"load beside this torch build: {_torchrl_extension_error()}",
-)
-def test_prioritized_replay_receives_optloss_priorities():
+class _SegmentTree:
+    """A NumPy stand-in for TorchRL's C++ segment trees (``torchrl._torchrl``): the entries in a
+    flat array; ``query(l, r)`` reduces ``[l, r)``; ``scan_lower_bound(m)`` is the first index whose
+    inclusive prefix sum exceeds ``m`` (the C++ tree's descent)."""
+
+    neutral = 0.0
+
+    def __init__(self, capacity: int) -> None:
+        self.values = np.full(int(capacity), self.neutral, dtype=np.float64)
+
+    def __getitem__(self, index):
+        return torch.as_tensor(self.values[np.asarray(torch.as_tensor(index).cpu())])
+
+    def __setitem__(self, index, value) -> None:
+        self.values[np.asarray(torch.as_tensor(index).cpu())] = np.asarray(torch.as_tensor(value).cpu())
+
+    def reduce(self, values: np.ndarray) -> float:
+        return float(values.sum())
+
+    def query(self, left: int, right: int) -> float:
+        return self.reduce(self.values[int(left):int(right)])
+
+    def scan_lower_bound(self, mass):
+        return torch.as_tensor(np.searchsorted(np.cumsum(self.values), np.asarray(mass), side="right"))
+
+
+class _MinSegmentTree(_SegmentTree):
+    neutral = float("inf")
+
+    def reduce(self, values: np.ndarray) -> float:
+        return float(values.min())
+
+
+@pytest.fixture
+def segment_trees(monkeypatch) -> str:
+    """TorchRL's C++ sum/min trees where its extension loads, else the NumPy stand-ins."""
+    from torchrl.data.replay_buffers.samplers import prioritized
+
+    if _torchrl_extension_error() is None:
+        return "torchrl"
+    for bits in ("32", "64"):
+        monkeypatch.setattr(prioritized, f"SumSegmentTreeFp{bits}", _SegmentTree)
+        monkeypatch.setattr(prioritized, f"MinSegmentTreeFp{bits}", _MinSegmentTree)
+    return "numpy"
+
+
+def test_segment_tree_stand_in_matches_a_prefix_sum_search():
+    tree = _SegmentTree(5)
+    tree[torch.tensor([0, 2, 3])] = torch.tensor([1.0, 2.0, 0.5])
+    assert tree.query(0, 5) == 3.5 and _MinSegmentTree(3).query(0, 3) == float("inf")
+    # prefix sums 1, 1, 3, 3.5, 3.5: the first index with a prefix sum above m
+    assert tree.scan_lower_bound(np.array([0.0, 0.99, 1.0, 2.9, 3.2])).tolist() == [0, 0, 2, 2, 3]
+
+
+def test_prioritized_replay_receives_optloss_priorities(segment_trees):
     from torchrl.data import LazyTensorStorage, TensorDictPrioritizedReplayBuffer
 
     data = transition_batch(64)
