@@ -111,7 +111,7 @@ def test_joblib_and_submitit_local_sweeps_make_the_table_and_reruns_skip(tmp_pat
     assert list((sweep / ".submitit").glob("*/*_0_log.out")), "submitit_local keeps each job's log"
 
     # every run at its predictable path, with its summary and CSV curves
-    finals = {}
+    finals, scores = {}, {}
     for method in ("opt", "vanilla"):
         for seed in (0, 1):
             run_dir = _run_dir(sweep, method, seed)
@@ -120,6 +120,7 @@ def test_joblib_and_submitit_local_sweeps_make_the_table_and_reruns_skip(tmp_pat
             curve = run_dir / "logs" / "scalars" / "eval" / "normalized_score.csv"
             assert _last_csv_value(curve) == pytest.approx(summary["final_normalized_score"])
             finals[method, seed] = _last_csv_value(curve)
+            scores[method, seed] = summary["final_normalized_score"]
 
     # the per-task table of both sweeps, against the CSV files
     from torchrl_opt.analysis import aggregate, collect_runs
@@ -141,6 +142,8 @@ def test_joblib_and_submitit_local_sweeps_make_the_table_and_reruns_skip(tmp_pat
     again = run_recipe(tmp_path, minari, *joblib)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished run found, nothing to train") == 2
+    for seed in (0, 1):  # each prints its finished run's summary again
+        assert f"final normalised score:   {scores['opt', seed]:.1f}" in again.stdout
     assert _stamps(files) == before
 
 

@@ -28,6 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from _helpers import load_script
 from test_launchers import generated_minari, recipe, recipe_env
+from torchrl_opt.data.generate import generated_dataset_id
 from torchrl_opt.pipeline.config import offline_checkpoint_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def _summary(path: Path) -> dict:
 
 # ---------------------------------------------------------------------------------- the smoke suite
 @pytest.mark.timeout(600)
-def test_smoke_suite_end_to_end(tmp_path):
+def test_smoke_suite_end_to_end(tmp_path, monkeypatch, capsys):
     minari = generated_minari(tmp_path / "minari")
     root, report = tmp_path / "runs", tmp_path / "docs" / "reproduction.md"
     report.parent.mkdir()
@@ -101,13 +102,17 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert len(commands) == 4 and all(f"hydra.sweep.dir={base}/" in c for c in commands)
     assert sum("offline.checkpoint=" in c for c in commands) == 2
 
-    # rerun: every unit is done, nothing is launched or rewritten, the section is replaced
+    # rerun (in this process: it launches nothing): every unit is done, nothing is launched or
+    # rewritten, the section is replaced
     stamps = {p: p.stat().st_mtime_ns for p in base.rglob("summary.json")}
-    again = _reproduce(tmp_path, minari, *args)
-    assert again.returncode == 0, again.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari))
+    capsys.readouterr()
+    assert runner.main(args) == 0
+    again = capsys.readouterr().out
     for unit in ("offline", "td3", "opt", "opt_unsplit"):
-        assert f"unit {unit}: done (1 jobs)" in again.stdout
-    assert "$ python" not in again.stdout
+        assert f"unit {unit}: done (1 jobs)" in again
+    assert "$ python" not in again
     assert {p: p.stat().st_mtime_ns for p in base.rglob("summary.json")} == stamps
     assert report.read_text().count("<!-- reproduce:begin smoke -->") == 1
     # what a job's status depends on: its recorded overrides, execution-only keys aside
@@ -117,6 +122,20 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert runner.job_status(job, runner._job_task_overrides(job, shared)) == "done"
     assert runner.job_status(job, runner._job_task_overrides(job, [*shared, "logging.progress=true"])) == "done"
     assert runner.job_status(job, runner._job_task_overrides(job, [*shared, "finetune.utd=2"])) == "partial"
+
+
+def test_prepare_datasets_leaves_the_flattened_cache(tmp_path, monkeypatch):
+    """Before a unit's jobs start, their dataset exists and its flattened copy is cached, so no
+    job generates it or reads Minari's per-episode file."""
+    minari = generated_minari(tmp_path / "minari")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari))
+    cache = minari / ".torchrl_opt_cache"
+    assert not cache.exists()
+    suite = runner.load_suite("smoke")
+    unit = suite.unit("td3")
+    runner.prepare_datasets(suite, unit, runner.suite_jobs(suite, unit, tmp_path / "root"))
+    dataset_id = generated_dataset_id("hopper", "random", size=2000, seed=0)
+    assert [p for p in (cache / dataset_id).rglob("*") if p.is_file()], "the flattened copy was written"
 
 
 def _as_run_config(config: dict):
