@@ -569,25 +569,26 @@ def _run_command(command: list[str], limit_s: float) -> str:
 
 def prepare_datasets(suite: Suite, unit: Unit, jobs: Sequence[Job]) -> None:
     """Generate (or find cached) the locally generated datasets ``jobs`` train on, here, before
-    their multirun starts, and load each once so that its flattened copy is cached: the jobs then
-    neither generate it (concurrently, one task's jobs would each generate and all but the first
-    one finished discard it) nor read Minari's per-episode file (about 3 ms an episode: minutes for
-    1M random transitions) inside their time limit."""
-    from torchrl_opt.data import DatasetSpec, load_offline_data
-    from torchrl_opt.data.generate import ensure_dataset
+    their multirun starts, loading each once as a run does (:func:`~torchrl_opt.pipeline.context.
+    load_dataset`) so that its flattened copy is cached: the jobs then neither generate it
+    (concurrently, one task's jobs would each generate and all but the first one finished discard
+    it) nor read Minari's per-episode file (about 3 ms an episode: minutes for 1M random
+    transitions) inside their time limit."""
+    import torch
+
+    from torchrl_opt.pipeline.context import load_dataset
 
     seen = set()
     for job in jobs:
-        ds = _unit_config(suite, unit, job.task, job.seeds).dataset
+        cfg = _unit_config(suite, unit, job.task, job.seeds)
+        ds = cfg.dataset
         key = (ds.task, ds.kind, ds.size, ds.generation_seed, ds.random_policy)
         if ds.source != "generated" or key in seen:
             continue
         seen.add(key)
         print(f"dataset {ds.task}-{ds.kind} ({ds.size} transitions, seed {ds.generation_seed}): ensuring it exists",
               flush=True)
-        dataset_id = ensure_dataset(ds.task, ds.kind, size=ds.size, seed=ds.generation_seed,
-                                    random_policy=ds.random_policy, workers=ds.workers, progress=False)
-        load_offline_data(DatasetSpec("local_minari", dataset_id))  # writes the flattened cache
+        load_dataset(dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, progress=False)), torch.device("cpu"))
 
 
 def _prune(job: Job, names: Sequence[str]) -> None:

@@ -213,7 +213,8 @@ class DualCriticLoss(LossModule):
         self.__dict__["_selected_out_keys"] = list(values)
 
     def _default_out_keys(self) -> list[str]:
-        raise NotImplementedError
+        """The keys :meth:`forward` returns by default; every loss class defines them."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _default_out_keys()")
 
     def _write_priority(self, tensordict: TensorDictBase, td_errors: list[torch.Tensor]) -> None:
         """Write the priority TorchRL's prioritised replay reads into ``tensordict`` under

@@ -58,7 +58,9 @@ class Phase:
     resumable: ClassVar[bool] = True
 
     def execute(self, run: Run, resume: dict | None) -> None:
-        raise NotImplementedError
+        """Run this phase on ``run`` (``resume``: its checkpointed state, or ``None``); every phase
+        class defines it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define execute()")
 
     def redo(self, run: Run) -> None:
         """What resuming past this phase must redo (nothing for a resumable phase)."""
